@@ -1,0 +1,10 @@
+use clap::Parser;
+
+/// Zero-downtime restarts for servers in any language.
+#[derive(Parser)]
+#[command(name = "handover", version, about)]
+struct Cli {}
+
+fn main() {
+    let _cli = Cli::parse();
+}

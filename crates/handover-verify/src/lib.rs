@@ -1,0 +1,2 @@
+//! Load generator and reload verifier.
+#![deny(missing_docs)]

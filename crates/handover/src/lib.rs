@@ -1,0 +1,2 @@
+//! handover: zero-downtime restarts for Linux network servers.
+#![deny(missing_docs)]
