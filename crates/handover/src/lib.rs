@@ -1,2 +1,22 @@
 //! handover: zero-downtime restarts for Linux network servers.
+//!
+//! A new version of a server takes over the listening sockets while the old
+//! one finishes its in-flight requests; no connection is refused or reset on
+//! the way. The crate is built in layers, each using only those above it:
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`socket`] | what kind of socket an fd is; checked conversions into std/tokio types |
+//! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
+//! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
+//! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
+//!
+//! All `unsafe` code lives in one private module (`sys`), each use with a
+//! `SAFETY:` comment; the API speaks `OwnedFd`/`BorrowedFd`, never bare
+//! integers that can leak.
 #![deny(missing_docs)]
+#![cfg(target_os = "linux")]
+
+pub mod activation;
+pub mod socket;
+mod sys;
