@@ -1,0 +1,117 @@
+//! sd_notify between real processes: a supervisor binds a NotifySocket, a
+//! child sends to it through NOTIFY_SOCKET, and the message carries the
+//! child's pid.
+
+use std::ffi::OsStr;
+use std::process::Command;
+use std::time::Duration;
+
+use handover::notify::{Message, Notifier, NotifySocket, State, render};
+use proptest::prelude::*;
+
+const ROLE: &str = "HANDOVER_TEST_ROLE";
+
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn child_role() {
+    if std::env::var(ROLE).as_deref() != Ok("notify") {
+        return;
+    }
+    let n = Notifier::from_env().unwrap();
+    assert!(n.is_enabled());
+    n.notify(&[State::Status("starting")]).unwrap();
+    n.notify(&[State::Ready, State::MainPid(std::process::id())]).unwrap();
+    n.notify(&[State::Reloading]).unwrap();
+    n.notify(&[State::Stopping]).unwrap();
+}
+
+fn run_child(sock_env: &OsStr) -> Guard {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_role", "--test-threads=1", "-q"])
+        .env(ROLE, "notify")
+        .env("NOTIFY_SOCKET", sock_env)
+        .stdout(std::process::Stdio::null());
+    Guard(cmd.spawn().unwrap())
+}
+
+fn check(sock: NotifySocket) {
+    let mut child = run_child(sock.env_value());
+    let pid = child.0.id();
+    let mut msgs = Vec::new();
+    while msgs.len() < 4 {
+        let m = sock
+            .recv_timeout(Some(Duration::from_secs(30)))
+            .unwrap()
+            .expect("child did not notify in time");
+        msgs.push(m);
+    }
+    assert!(child.0.wait().unwrap().success());
+    assert!(msgs.iter().all(|m| m.pid == Some(pid)), "{msgs:?}");
+    assert_eq!(msgs[0].status(), Some("starting"));
+    assert!(msgs[1].is_ready());
+    assert_eq!(msgs[1].main_pid(), Some(pid));
+    assert!(msgs[2].is_reloading());
+    assert!(msgs[2].get("MONOTONIC_USEC").unwrap().parse::<u64>().unwrap() > 0);
+    assert!(msgs[3].is_stopping());
+}
+
+#[test]
+fn child_reports_to_a_path_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    check(NotifySocket::bind(&dir.path().join("notify")).unwrap());
+}
+
+#[test]
+fn child_reports_to_an_abstract_socket() {
+    let name = format!("handover-notify-test/{}/{}", std::process::id(), fastrand::u64(..));
+    check(NotifySocket::bind_abstract(name.as_bytes()).unwrap());
+}
+
+#[test]
+fn async_receive() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let sock = NotifySocket::bind(&dir.path().join("n")).unwrap().into_async().unwrap();
+        let n = Notifier::to(sock.env_value()).unwrap();
+        n.notify(&[State::Ready]).unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sock.recv()).await.unwrap().unwrap();
+        assert!(m.is_ready());
+        assert_eq!(m.pid, Some(std::process::id()));
+    });
+}
+
+#[test]
+fn missing_supervisor_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone");
+    let err = Notifier::to(path.as_os_str()).unwrap().notify(&[State::Ready]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("could not send \"READY=1\\n\""), "{msg}");
+    assert!(msg.contains("Is the supervisor still running"), "{msg}");
+}
+
+proptest! {
+    #[test]
+    fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let fields = Message::parse(&data);
+        for (k, v) in fields {
+            prop_assert!(!k.is_empty() && !k.contains('\n') && !v.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn status_round_trips(text in "[^\n\0]{0,200}") {
+        let msg = render(&[State::Status(&text)]).unwrap();
+        let m = Message { pid: None, uid: None, fields: Message::parse(msg.as_bytes()) };
+        prop_assert_eq!(m.status(), Some(text.as_str()));
+    }
+}
