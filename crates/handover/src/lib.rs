@@ -18,6 +18,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod activation;
+pub mod address;
 pub mod notify;
 pub mod socket;
 mod sys;
