@@ -139,13 +139,19 @@ fn host_port(text: &str, rest: &str) -> Result<SocketAddr, AddressError> {
         return Err(err("a port is missing (HOST:PORT)".into()));
     };
     if port.parse::<u16>().is_err() {
-        return Err(err(format!("the port {port:?} is not a number from 0 to 65535")));
+        return Err(err(format!(
+            "the port {port:?} is not a number from 0 to 65535"
+        )));
     }
     if host.is_empty() {
-        return Err(err("the host is missing (use 0.0.0.0 or [::] for all interfaces)".into()));
+        return Err(err(
+            "the host is missing (use 0.0.0.0 or [::] for all interfaces)".into(),
+        ));
     }
     if host.contains(':') && !host.starts_with('[') {
-        return Err(err("an IPv6 host must be in brackets, like [::1]:8080".into()));
+        return Err(err(
+            "an IPv6 host must be in brackets, like [::1]:8080".into()
+        ));
     }
     // Resolve names such as localhost; take the first address.
     let mut addrs = rest
@@ -173,7 +179,10 @@ impl FromStr for Address {
         if let Some(rest) = text.strip_prefix("udp://") {
             return host_port(text, rest).map(Address::Udp);
         }
-        if let Some(rest) = text.strip_prefix("unix://").or_else(|| text.strip_prefix("unix:")) {
+        if let Some(rest) = text
+            .strip_prefix("unix://")
+            .or_else(|| text.strip_prefix("unix:"))
+        {
             if rest.is_empty() {
                 return Err(err("the path is empty"));
             }
@@ -183,7 +192,9 @@ impl FromStr for Address {
             return Ok(Address::Unix(PathBuf::from(rest)));
         }
         if let Some((scheme, _)) = text.split_once("://") {
-            return Err(err(&format!("the scheme {scheme:?} is not one of tcp, udp, unix")));
+            return Err(err(&format!(
+                "the scheme {scheme:?} is not one of tcp, udp, unix"
+            )));
         }
         host_port(text, text).map(Address::Tcp)
     }
@@ -332,12 +343,11 @@ fn remove_stale_socket(path: &Path) -> Result<(), AddressError> {
         Ok(_) => Err(AddressError::UnixInUse {
             path: path.to_owned(),
         }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path).map_err(|source| AddressError::Io {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|source| AddressError::Io {
                 address: Address::Unix(path.to_owned()),
                 source,
-            })
-        }
+            }),
         Err(source) => Err(AddressError::Io {
             address: Address::Unix(path.to_owned()),
             source,
@@ -373,7 +383,11 @@ pub fn port_holder(addr: SocketAddr, tcp: bool) -> Option<(u32, String)> {
         return None;
     }
     for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
@@ -400,12 +414,30 @@ mod tests {
     #[test]
     fn parse_forms() {
         let p = |s: &str| s.parse::<Address>();
-        assert_eq!(p("tcp://127.0.0.1:80").unwrap(), Address::Tcp("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(p("127.0.0.1:80").unwrap(), Address::Tcp("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(p("tcp://[::1]:80").unwrap(), Address::Tcp("[::1]:80".parse().unwrap()));
-        assert_eq!(p("udp://0.0.0.0:53").unwrap(), Address::Udp("0.0.0.0:53".parse().unwrap()));
-        assert_eq!(p("unix:/run/x.sock").unwrap(), Address::Unix("/run/x.sock".into()));
-        assert_eq!(p("unix:rel.sock").unwrap(), Address::Unix("rel.sock".into()));
+        assert_eq!(
+            p("tcp://127.0.0.1:80").unwrap(),
+            Address::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            p("127.0.0.1:80").unwrap(),
+            Address::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            p("tcp://[::1]:80").unwrap(),
+            Address::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            p("udp://0.0.0.0:53").unwrap(),
+            Address::Udp("0.0.0.0:53".parse().unwrap())
+        );
+        assert_eq!(
+            p("unix:/run/x.sock").unwrap(),
+            Address::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            p("unix:rel.sock").unwrap(),
+            Address::Unix("rel.sock".into())
+        );
         assert!(matches!(p("tcp://localhost:80").unwrap(), Address::Tcp(a) if a.port() == 80));
         for (bad, why) in [
             ("", "empty"),
@@ -452,16 +484,32 @@ mod tests {
         // Stale: replaced.
         drop(fd);
         let _fd = a.bind(&BindOptions::default().unix_mode(0o660)).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o660
+        );
         // Not a socket: left alone.
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let e = Address::Unix(file).bind(&BindOptions::default()).unwrap_err();
-        assert!(e.to_string().contains("not a socket exists there; refusing"), "{e}");
-        let e = Address::Unix(dir.path().join("no/such/dir/s")).bind(&BindOptions::default()).unwrap_err();
-        assert!(e.to_string().contains("does not exist; create it first"), "{e}");
+        let e = Address::Unix(file)
+            .bind(&BindOptions::default())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not a socket exists there; refusing"),
+            "{e}"
+        );
+        let e = Address::Unix(dir.path().join("no/such/dir/s"))
+            .bind(&BindOptions::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("does not exist; create it first"),
+            "{e}"
+        );
         let long = dir.path().join("x".repeat(120));
-        let e = Address::Unix(long).bind(&BindOptions::default()).unwrap_err();
+        let e = Address::Unix(long)
+            .bind(&BindOptions::default())
+            .unwrap_err();
         assert!(e.to_string().contains("limited to 107"), "{e}");
     }
 }

@@ -22,3 +22,4 @@ pub mod address;
 pub mod notify;
 pub mod socket;
 mod sys;
+pub mod upgrade;
