@@ -9,7 +9,7 @@
 //! ```
 //! use handover_verify::http::{parse_response, pid_from_body};
 //!
-//! let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npid=42\n";
+//! let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\npid=42\n";
 //! // Not complete yet: more bytes are needed.
 //! assert_eq!(parse_response(&wire[..20], false), Ok(None));
 //! let (response, used) = parse_response(wire, false).unwrap().unwrap();
@@ -391,7 +391,10 @@ fn parse_head(buf: &[u8], start: usize, eof: bool) -> Result<Option<Head>, Parse
             let mut any = false;
             for element in value.split(|&b| b == b',').map(trim_ows) {
                 any = true;
-                if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
+                if element.is_empty()
+                    || element.len() > 19
+                    || !element.iter().all(u8::is_ascii_digit)
+                {
                     return Err(bad_length());
                 }
                 let n = element
@@ -479,7 +482,10 @@ fn scan_chunked(
             || !size_text.iter().all(u8::is_ascii_hexdigit)
             || line.contains(&b'\r')
         {
-            return Err(chunk_error(format!("bad chunk-size line {:?}", quote(line))));
+            return Err(chunk_error(format!(
+                "bad chunk-size line {:?}",
+                quote(line)
+            )));
         }
         let size = size_text.iter().fold(0u64, |acc, &d| {
             // Cannot fail: all bytes are hex digits.
@@ -552,7 +558,10 @@ mod tests {
     #[test]
     fn content_length_and_keep_alive() {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
-        assert_eq!((r.status, r.body.as_slice(), r.close), (200, &b"abc"[..], false));
+        assert_eq!(
+            (r.status, r.body.as_slice(), r.close),
+            (200, &b"abc"[..], false)
+        );
     }
 
     #[test]
@@ -567,9 +576,13 @@ mod tests {
 
     #[test]
     fn connection_close_and_http10() {
-        assert!(parse(b"HTTP/1.1 200 OK\r\nConnection: foo, close\r\nContent-Length: 0\r\n\r\n").close);
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nConnection: foo, close\r\nContent-Length: 0\r\n\r\n").close
+        );
         assert!(parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").close);
-        assert!(!parse(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n").close);
+        assert!(
+            !parse(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n").close
+        );
     }
 
     #[test]
@@ -577,21 +590,35 @@ mod tests {
         let wire = b"HTTP/1.1 200 OK\r\n\r\npid=7\n";
         assert_eq!(parse_response(wire, false), Ok(None));
         let (r, used) = parse_response(wire, true).unwrap().unwrap();
-        assert_eq!((r.body.as_slice(), used, r.close), (&b"pid=7\n"[..], wire.len(), true));
+        assert_eq!(
+            (r.body.as_slice(), used, r.close),
+            (&b"pid=7\n"[..], wire.len(), true)
+        );
     }
 
     #[test]
     fn interim_responses_are_skipped() {
-        let r = parse(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n");
+        let r = parse(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+        );
         assert_eq!((r.status, r.body.len()), (204, 0));
     }
 
     #[test]
     fn errors_are_specific() {
-        assert!(matches!(parse_response(b"SSH-2.0", false), Err(ParseError::StatusLine { .. })));
-        assert!(matches!(parse_response(b"HTTP/1.1 2x0 OK\r\n", false), Err(ParseError::StatusLine { .. })));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false),
+            parse_response(b"SSH-2.0", false),
+            Err(ParseError::StatusLine { .. })
+        ));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 2x0 OK\r\n", false),
+            Err(ParseError::StatusLine { .. })
+        ));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            ),
             Err(ParseError::ContentLength { .. })
         ));
         assert!(matches!(
@@ -600,14 +627,26 @@ mod tests {
         ));
         assert!(matches!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", true),
-            Err(ParseError::Truncated { received: 40, expected: "body" })
+            Err(ParseError::Truncated {
+                received: 40,
+                expected: "body"
+            })
         ));
-        assert!(matches!(parse_response(b"", true), Err(ParseError::Truncated { received: 0, .. })));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false),
+            parse_response(b"", true),
+            Err(ParseError::Truncated { received: 0, .. })
+        ));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                false
+            ),
             Err(ParseError::Chunk { .. })
         ));
-        let err = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", false);
+        let err = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+            false,
+        );
         assert!(matches!(err, Err(ParseError::BodyTooLarge { .. })));
     }
 

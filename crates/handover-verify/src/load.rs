@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::VerifyError;
 use crate::histogram::Histogram;
 use crate::http::{self, ParseError, Response};
 use crate::report::{FailureKind, FailureSample, Report};
-use crate::VerifyError;
 
 /// How long a client waits after a failed request before the next one, so a
 /// server that is down is not hammered in a tight loop.
@@ -189,7 +189,10 @@ impl Shared {
     }
 
     pub(crate) fn failures_total(&self) -> u64 {
-        self.failures.iter().map(|f| f.load(Ordering::Acquire)).sum()
+        self.failures
+            .iter()
+            .map(|f| f.load(Ordering::Acquire))
+            .sum()
     }
 
     pub(crate) fn ok(&self) -> u64 {
@@ -221,7 +224,10 @@ impl Shared {
             failures,
             failure_samples: lock(&self.samples).clone(),
             latency: self.latency.summary(),
-            pids: lock(&self.pids).iter().map(|(&pid, s)| (pid, s.count)).collect(),
+            pids: lock(&self.pids)
+                .iter()
+                .map(|(&pid, s)| (pid, s.count))
+                .collect(),
             connects: self.connects.load(Ordering::Relaxed),
             server_closes: self.server_closes.load(Ordering::Relaxed),
             reloads: Vec::new(),
@@ -259,8 +265,12 @@ impl Load {
     /// Starts `cfg.connections` clients and returns at once; they run on an
     /// internal tokio runtime (its own threads) until [`stop`](Load::stop).
     ///
-    /// Fails only for an invalid configuration or when threads cannot be
-    /// created; an unreachable server shows up as failures in the report.
+    /// # Errors
+    ///
+    /// [`VerifyError::InvalidConfig`] for an out-of-range configuration,
+    /// [`VerifyError::Runtime`] or [`VerifyError::Thread`] when threads cannot
+    /// be created. An unreachable server is not an error: it shows up as
+    /// failures in the report.
     pub fn start(cfg: LoadConfig) -> Result<Load, VerifyError> {
         cfg.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -300,7 +310,7 @@ impl Load {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel();
         // In-flight requests end by their own timeout; give them that long.
-        let drain = cfg.request_timeout + STOP_SLACK;
+        let drain = cfg.request_timeout.saturating_add(STOP_SLACK);
         let controller = {
             let shared = Arc::clone(&shared);
             let connections = cfg.connections;
@@ -342,7 +352,7 @@ impl Load {
             stop_tx,
             done_rx,
             controller: Some(controller),
-            stop_deadline: drain + STOP_SLACK,
+            stop_deadline: drain.saturating_add(STOP_SLACK),
         })
     }
 
@@ -593,8 +603,9 @@ async fn client(shared: Arc<Shared>, cfg: Arc<ClientCfg>, mut stop: watch::Recei
                 if (200..300).contains(&response.status) {
                     shared.record_ok(latency, http::pid_from_body(&response.body));
                 } else {
-                    let body = String::from_utf8_lossy(&response.body[..response.body.len().min(60)])
-                        .into_owned();
+                    let body =
+                        String::from_utf8_lossy(&response.body[..response.body.len().min(60)])
+                            .into_owned();
                     shared.record_failure(
                         FailureKind::BadStatus,
                         format!(

@@ -11,9 +11,9 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::load::{Load, LoadConfig};
-use crate::report::{Report, ReloadRecord};
 use crate::VerifyError;
+use crate::load::{Load, LoadConfig};
+use crate::report::{ReloadRecord, Report};
 
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -23,6 +23,8 @@ const TICK: Duration = Duration::from_millis(20);
 const KILL_SLACK: Duration = Duration::from_secs(2);
 /// Bytes of a failed command's stderr quoted in its error.
 const STDERR_QUOTE: usize = 2048;
+/// Longest run or reload interval accepted, so instants cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// How [`verify`] asks the server to reload.
 #[non_exhaustive]
@@ -57,7 +59,7 @@ impl Trigger {
         match self {
             Trigger::Command(command) => run_command(command, timeout),
             Trigger::Signal { signal, pid_file } => send_signal(*signal, pid_file),
-            Trigger::Custom(f) => match catch_unwind(AssertUnwindSafe(|| f())) {
+            Trigger::Custom(f) => match catch_unwind(AssertUnwindSafe(f)) {
                 Ok(result) => result,
                 Err(panic) => {
                     let message = panic
@@ -146,9 +148,14 @@ pub fn stderr_is_terminal() -> bool {
 ///
 /// Blocks the calling thread for about `duration` (plus the end of a trigger
 /// still running, bounded by the trigger timeout, and requests in flight,
-/// bounded by the request timeout). Fails only for an invalid configuration
-/// or when threads cannot be created: everything the server does wrong is in
-/// the report.
+/// bounded by the request timeout).
+///
+/// # Errors
+///
+/// [`VerifyError::InvalidConfig`] for an out-of-range configuration (also
+/// `reload_every` without `trigger` or the reverse), [`VerifyError::Runtime`]
+/// or [`VerifyError::Thread`] when threads cannot be created. Everything the
+/// server does wrong is in the report, not an error.
 pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
     let VerifyConfig {
         load: load_cfg,
@@ -183,8 +190,14 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
         }
         _ => {}
     }
-    if duration > Duration::from_secs(100 * 365 * 24 * 3600) {
+    if duration > MAX_DURATION {
         return invalid("duration", "expected at most 100 years");
+    }
+    if reload_every.is_some_and(|every| every > MAX_DURATION) {
+        return invalid("reload_every", "expected at most 100 years");
+    }
+    if trigger_timeout.is_zero() {
+        return invalid("trigger_timeout", "expected a positive duration, got zero");
     }
     load_cfg.validate()?;
 
@@ -224,7 +237,11 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
                 tracing::info!(index, "reload triggered");
                 // Behind schedule (a slow trigger): keep a full interval from now.
                 let scheduled = at + every;
-                next_reload = Some(if scheduled > now { scheduled } else { now + every });
+                next_reload = Some(if scheduled > now {
+                    scheduled
+                } else {
+                    now + every
+                });
             }
         }
         if now >= next_draw {
@@ -242,7 +259,6 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
         worker.finish(&mut pending);
     }
     let mut report = load.stop();
-    status.finish(&report);
 
     let pids = shared.pids();
     let final_failures = report.failures_total();
@@ -285,6 +301,7 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
             }
         })
         .collect();
+    status.finish(&report);
     Ok(report)
 }
 
@@ -314,6 +331,11 @@ struct TriggerWorker {
 
 impl TriggerWorker {
     fn spawn(mut trigger: Trigger, timeout: Duration) -> Result<Self, VerifyError> {
+        // A command is killed at `timeout`; allow for that before giving up on it.
+        let slack = match trigger {
+            Trigger::Command(_) => KILL_SLACK,
+            _ => Duration::ZERO,
+        };
         let (fire_tx, fire_rx) = mpsc::channel::<usize>();
         let (result_tx, result_rx) = mpsc::channel();
         let thread = thread::Builder::new()
@@ -337,7 +359,7 @@ impl TriggerWorker {
             thread,
             in_flight: None,
             stuck: None,
-            deadline: timeout.saturating_add(KILL_SLACK),
+            deadline: timeout.saturating_add(slack),
             timeout,
         })
     }
@@ -441,14 +463,17 @@ impl StatusLine {
 
     fn finish(&mut self, report: &Report) {
         if self.enabled && self.width > 0 {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\r{:>6.1}s  {} requests  {} ok  {} failed",
+            let line = format!(
+                "{:>6.1}s  {} requests  {} ok  {} failed  {} pids  {} reloads",
                 report.duration.as_secs_f64(),
                 report.requests,
                 report.ok,
-                report.failures_total()
+                report.failures_total(),
+                report.distinct_pids(),
+                report.reloads.len()
             );
+            let pad = self.width.saturating_sub(line.len());
+            let _ = writeln!(std::io::stderr(), "\r{line}{:pad$}", "");
         }
     }
 }
@@ -482,11 +507,11 @@ fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
             tracing::debug!(%e, "cannot read the trigger's stderr");
         }
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now().checked_add(timeout);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
                 kill_group(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
@@ -511,14 +536,18 @@ fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr = stderr.trim();
     if stderr.is_empty() {
-        Err(format!("`{command}` failed ({status}) with no output on stderr"))
+        Err(format!(
+            "`{command}` failed ({status}) with no output on stderr"
+        ))
     } else {
         Err(format!("`{command}` failed ({status}): {stderr}"))
     }
 }
 
 fn kill_group(pid: u32) {
-    let group = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+    let group = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
     if let Some(group) = group {
         // The group may already be gone; nothing to do about an error.
         let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
