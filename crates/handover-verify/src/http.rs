@@ -52,8 +52,8 @@ pub struct Response {
 pub enum ParseError {
     /// The connection ended before the response was complete.
     #[error(
-        "the connection ended after {received} bytes, before the {expected} was complete; \
-         the server closed or crashed mid-response"
+        "the connection ended after {received} response bytes, before the {expected} was \
+         complete"
     )]
     Truncated {
         /// Bytes of the response received before the end.

@@ -712,12 +712,22 @@ async fn exchange(
 }
 
 fn parse_failure(progress: &Progress, err: &ParseError) -> Failure {
-    let kind = match err {
-        ParseError::Truncated { .. } => FailureKind::ShortResponse,
-        _ => FailureKind::Other,
-    };
-    Failure {
-        kind,
-        error: format!("{}: {err}", progress.describe()),
+    match err {
+        ParseError::Truncated { received: 0, .. } => Failure {
+            kind: FailureKind::ShortResponse,
+            error: format!(
+                "connection closed by the server {}; a server must answer every request \
+                 it has read, and close only idle keep-alive connections",
+                progress.describe()
+            ),
+        },
+        ParseError::Truncated { .. } => Failure {
+            kind: FailureKind::ShortResponse,
+            error: format!("{}: {err}", progress.describe()),
+        },
+        _ => Failure {
+            kind: FailureKind::Other,
+            error: format!("malformed response {}: {err}", progress.describe()),
+        },
     }
 }

@@ -29,6 +29,10 @@ enum Behavior {
     ResetEvery(u64),
     /// Reads requests, never answers.
     Silent,
+    /// Answers something that is not HTTP.
+    Garbage,
+    /// `200` without Content-Length: the body ends when the connection does.
+    UntilClose,
     /// Closes a connection after n responses on it; `announce` adds
     /// `Connection: close` to the last one, otherwise it just closes.
     CloseAfter { n: u64, announce: bool },
@@ -171,6 +175,14 @@ fn serve(
                 }
                 return;
             }
+            Behavior::Garbage => {
+                close = true;
+                "SSH-2.0-OpenSSH_9.6\r\n".to_owned()
+            }
+            Behavior::UntilClose => {
+                close = true;
+                format!("HTTP/1.1 200 OK\r\n\r\n{body}")
+            }
             Behavior::CloseAfter { n, announce } => {
                 let last = on_conn >= n;
                 close |= last;
@@ -240,6 +252,35 @@ fn chunked_responses() {
         let report = run_until_ok(config(server.addr, mode, 4), 200);
         assert_clean(&report, 200);
     }
+}
+
+#[test]
+fn body_until_close_is_read_to_the_end() {
+    let server = TestServer::start(Behavior::UntilClose);
+    for mode in [Mode::NewConnection, Mode::KeepAlive] {
+        let report = run_until_ok(config(server.addr, mode, 4), 200);
+        assert_clean(&report, 200);
+        assert_eq!(
+            report.connects,
+            report.requests,
+            "{}",
+            report.render_table()
+        );
+    }
+}
+
+#[test]
+fn malformed_response_is_other() {
+    let server = TestServer::start(Behavior::Garbage);
+    let load = Load::start(config(server.addr, Mode::KeepAlive, 2)).expect("start");
+    assert!(load.wait_for_failures(5, WAIT));
+    let report = load.stop();
+    assert_eq!(report.failures_of(FailureKind::Other), report.requests);
+    let error = &report.failure_samples[0].error;
+    assert!(
+        error.contains("malformed response") && error.contains("SSH-2.0"),
+        "{error}"
+    );
 }
 
 #[test]
