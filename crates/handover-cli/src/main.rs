@@ -1,3 +1,8 @@
+//! The `handover` command.
+
+mod control;
+mod duration;
+
 use clap::Parser;
 
 /// Zero-downtime restarts for servers in any language.
