@@ -18,5 +18,6 @@
 #![cfg(target_os = "linux")]
 
 pub mod activation;
+pub mod drain;
 pub mod socket;
 mod sys;
