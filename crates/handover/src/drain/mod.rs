@@ -172,7 +172,10 @@ impl Drain {
             return;
         }
         {
-            let _guard = inner.wake_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _guard = inner
+                .wake_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(fd) = inner.wake.get() {
                 signal(fd.as_fd());
             }
@@ -345,7 +348,10 @@ impl Inner {
         if let Some(fd) = self.wake.get() {
             return Ok(fd.as_fd());
         }
-        let _guard = self.wake_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .wake_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(fd) = self.wake.get() {
             return Ok(fd.as_fd());
         }
