@@ -7,6 +7,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`socket`] | what kind of socket an fd is; checked conversions into std/tokio types |
+//! | [`address`] | `tcp://`, `udp://`, `unix:` addresses; binding with errors that say what to do |
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
@@ -19,6 +20,7 @@
 
 pub mod activation;
 pub mod address;
+pub mod drain;
 pub mod notify;
 pub mod socket;
 mod sys;
