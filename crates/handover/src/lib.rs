@@ -10,6 +10,7 @@
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
+//! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
 //! `SAFETY:` comment; the API speaks `OwnedFd`/`BorrowedFd`, never bare
@@ -18,5 +19,6 @@
 #![cfg(target_os = "linux")]
 
 pub mod activation;
+pub mod child;
 pub mod socket;
 mod sys;
