@@ -1058,3 +1058,121 @@ mod tests {
         assert!(d.starts_with("was killed by signal 9"), "{d}");
     }
 }
+
+/// Why [`Upgrader::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit {
+    /// A successor is serving; this process drained.
+    Upgraded,
+    /// SIGTERM or SIGINT: this process drained for a final stop.
+    Terminated,
+}
+
+/// The outcome of [`Upgrader::run`].
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Why it stopped.
+    pub exit: Exit,
+    /// `Ok` when every connection finished; else how many were cut short
+    /// (the drain timeout passed, or a second SIGTERM/SIGINT came).
+    pub drained: Result<(), crate::drain::StillOpen>,
+}
+
+/// Settings of [`Upgrader::run`].
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// How long to wait for open connections when exiting (default 30 s);
+    /// the seed's "term timeout".
+    pub drain_timeout: Duration,
+}
+
+#[cfg(feature = "tokio")]
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl RunOptions {
+    /// Sets the drain timeout.
+    pub fn drain_timeout(mut self, t: Duration) -> Self {
+        self.drain_timeout = t;
+        self
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Upgrader {
+    /// The ready-made loop: SIGHUP or SIGUSR2 start an upgrade (a failure is
+    /// logged and service goes on; a signal during an upgrade is refused
+    /// and logged); when a successor is ready, or on SIGTERM/SIGINT, closes
+    /// `drain` (stop accepting) and waits for its connections up to the drain
+    /// timeout; a second SIGTERM/SIGINT while draining returns at once.
+    ///
+    /// Call it after [`ready`](Self::ready), from inside a tokio runtime.
+    /// On SIGTERM/SIGINT it also calls [`stop`](Self::stop).
+    pub async fn run(
+        &self,
+        drain: &crate::drain::Drain,
+        options: RunOptions,
+    ) -> Result<RunOutcome, UpgradeError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let sig = |k| {
+            signal(k).map_err(|source| UpgradeError::Io {
+                context: "installing signal handlers",
+                source,
+            })
+        };
+        let (mut hup, mut usr2) = (sig(SignalKind::hangup())?, sig(SignalKind::user_defined2())?);
+        let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
+        let mut exit_signal = self.exit();
+        let exit = loop {
+            tokio::select! {
+                _ = hup.recv() => self.spawn_upgrade("SIGHUP"),
+                _ = usr2.recv() => self.spawn_upgrade("SIGUSR2"),
+                _ = &mut exit_signal => break Exit::Upgraded,
+                _ = term.recv() => break Exit::Terminated,
+                _ = int.recv() => break Exit::Terminated,
+            }
+        };
+        tracing::info!(?exit, timeout = ?options.drain_timeout, "draining");
+        if exit == Exit::Terminated {
+            let _ = self.inner.notifier.notify(&[NotifyState::Stopping]);
+        }
+        drain.close();
+        let drained = tokio::select! {
+            r = drain.wait_async(options.drain_timeout) => r,
+            _ = term.recv() => drain.wait_async(Duration::ZERO).await,
+            _ = int.recv() => drain.wait_async(Duration::ZERO).await,
+        };
+        match &drained {
+            Ok(()) => tracing::info!("drained: every connection finished"),
+            Err(e) => tracing::warn!(error = %e, "exiting with connections still open"),
+        }
+        if exit == Exit::Terminated {
+            self.stop();
+        }
+        Ok(RunOutcome { exit, drained })
+    }
+
+    fn spawn_upgrade(&self, cause: &'static str) {
+        let this = self.clone();
+        tracing::info!(cause, "upgrade requested");
+        tokio::task::spawn_blocking(move || match this.upgrade() {
+            // Failures after the start are logged by upgrade() itself.
+            Err(
+                e @ (UpgradeError::InProgress { .. }
+                | UpgradeError::AlreadyUpgraded { .. }
+                | UpgradeError::NotReady),
+            ) => tracing::warn!(cause, error = %e, "upgrade refused"),
+            _ => {}
+        });
+    }
+}
