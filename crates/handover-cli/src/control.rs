@@ -79,6 +79,9 @@ pub struct Incoming {
     /// Where the answer goes (the client may have gone; sending then fails
     /// quietly).
     pub reply: oneshot::Sender<Answer>,
+    /// Resolves once the answer was written (or given up on), for callers
+    /// that exit right after answering.
+    pub written: oneshot::Receiver<()>,
 }
 
 /// Binds the control socket at `path` (mode 0600; a stale file is replaced,
@@ -143,6 +146,7 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
 }
 
 async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
+    let mut done_tx: Option<oneshot::Sender<()>> = None;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
     let mut line = Vec::new();
@@ -162,7 +166,9 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
             Err(e) => error_answer(e),
             Ok(request) => {
                 let (reply, rx) = oneshot::channel();
-                if tx.send(Incoming { request, reply }).await.is_err() {
+                let (done, written) = oneshot::channel();
+                done_tx = Some(done);
+                if tx.send(Incoming { request, reply, written }).await.is_err() {
                     error_answer("handover is shutting down")
                 } else {
                     rx.await
@@ -174,6 +180,9 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
     let mut text = serde_json::to_vec(&reply).unwrap_or_default();
     text.push(b'\n');
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&text)).await;
+    if let Some(done) = done_tx {
+        let _ = done.send(());
+    }
 }
 
 async fn answer(mut stream: UnixStream, a: &Answer) -> std::io::Result<()> {

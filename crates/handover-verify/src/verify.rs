@@ -234,7 +234,7 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
                     outcome: None,
                 });
                 worker.fire(index);
-                tracing::info!(index, "reload triggered");
+                tracing::debug!(index, "reload triggered");
                 // Behind schedule (a slow trigger): keep a full interval from now.
                 let scheduled = at + every;
                 next_reload = Some(if scheduled > now {
