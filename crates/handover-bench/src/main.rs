@@ -1,0 +1,63 @@
+//! `handover-bench`: the benchmark suite of handover (issue 7).
+//!
+//! Every subcommand prints a markdown table (or JSON with `--json`) whose
+//! figures are side-by-side comparisons or ratios from one run on one
+//! machine; `bench/run-all.sh` regenerates them all into BENCHMARKS.md.
+
+mod common;
+mod failures;
+mod latency;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use common::{BinArgs, Bins};
+
+/// The benchmark suite of handover.
+#[derive(Parser)]
+#[command(name = "handover-bench")]
+struct Cli {
+    #[command(flatten)]
+    bins: BinArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Failed requests during restarts under load (figure 1).
+    Failures(failures::FailuresArgs),
+    /// Restart latency against a cold start and against ecdysis (figure 2).
+    Latency(latency::LatencyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_process();
+    let bins = match Bins::find(&cli.bins) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("handover-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &cli.command {
+        Cmd::Failures(a) => failures::run(&bins, a),
+        Cmd::Latency(a) => latency::run(&bins, a),
+    };
+    match result {
+        Ok(serde_json::Value::String(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("handover-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
