@@ -273,16 +273,12 @@ impl Proc {
         })
     }
 
-    pub fn signal(&self, sig: Signal) {
-        signal_pid(self.pid, sig);
-    }
-
     /// Whether it has exited (and was reaped).
     pub fn try_wait(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) | None => true,
-            _ => false,
-        }
+        matches!(
+            self.child.as_mut().map(|c| c.try_wait()),
+            Some(Ok(Some(_))) | None
+        )
     }
 
     /// SIGTERM, wait up to `timeout`, then SIGKILL; returns whether it exited
@@ -928,18 +924,6 @@ impl Table {
     }
 }
 
-/// Parses `1,10,100`.
-pub fn parse_list(s: &str) -> Result<Vec<usize>, String> {
-    s.split(',')
-        .map(|x| {
-            x.trim()
-                .replace('_', "")
-                .parse::<usize>()
-                .map_err(|e| format!("{x:?}: {e}"))
-        })
-        .collect()
-}
-
 /// Parses `250ms`, `2s`, `1.5s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
@@ -979,12 +963,11 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_lists() {
+    fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3h").is_err());
-        assert_eq!(parse_list("1,10, 1_000").unwrap(), vec![1, 10, 1000]);
     }
 
     #[test]
@@ -997,7 +980,7 @@ mod tests {
     #[test]
     fn proc_reading() {
         let me = std::process::id();
-        assert_eq!(is_gone(me), false);
+        assert!(!is_gone(me));
         assert!(cpu_ticks(me).is_some());
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
     }

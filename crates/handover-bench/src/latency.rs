@@ -180,12 +180,12 @@ fn cold_start_supervised(bins: &Bins, kind: ServerKind, addr: SocketAddr) -> Res
     took.ok_or_else(|| "handover run (cold) never answered".to_string())
 }
 
-enum Running {
+pub enum Running {
     SelfUp(SelfUpgrading),
     Run(Supervisor),
 }
 
-fn restart_once(r: &Running, row: &mut Row) -> Result<(), String> {
+pub fn restart_once(r: &Running, row: &mut Row) -> Result<(), String> {
     match r {
         Running::SelfUp(s) => {
             let old = s.pid().ok_or("no pid file")?;

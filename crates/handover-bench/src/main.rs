@@ -7,6 +7,9 @@
 mod common;
 mod failures;
 mod latency;
+mod machine;
+mod scale;
+mod supervisor;
 
 use std::process::ExitCode;
 
@@ -30,6 +33,14 @@ enum Cmd {
     Failures(failures::FailuresArgs),
     /// Restart latency against a cold start and against ecdysis (figure 2).
     Latency(latency::LatencyArgs),
+    /// Reload latency with 1 to 1,000 listening sockets (figure 3a).
+    Sockets(scale::SocketsArgs),
+    /// Reload with 10,000 idle keep-alive connections on the old generation (figure 3b).
+    Idle(scale::IdleArgs),
+    /// The supervisor's memory and CPU, idle and during reloads (figure 6).
+    Supervisor(supervisor::SupervisorArgs),
+    /// Describe this machine (CPUs, CPU model, kernel, rustc).
+    Machine,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +56,10 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Cmd::Failures(a) => failures::run(&bins, a),
         Cmd::Latency(a) => latency::run(&bins, a),
+        Cmd::Sockets(a) => scale::sockets(&bins, a),
+        Cmd::Idle(a) => scale::idle(&bins, a),
+        Cmd::Supervisor(a) => supervisor::run(&bins, a),
+        Cmd::Machine => machine::run(&bins.python),
     };
     match result {
         Ok(serde_json::Value::String(text)) => {
