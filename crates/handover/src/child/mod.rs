@@ -691,10 +691,8 @@ impl Shared {
         let _sequence = relock(self.sequence.lock());
         let mut st = self.lock();
         let mut group_killed = false;
-        if st.exit.is_none() {
-            if !immediately {
-                st = self.splay_wait(st, "killing");
-            }
+        if st.exit.is_none() && !immediately {
+            st = self.splay_wait(st, "killing");
         }
         if st.exit.is_none() {
             st.requested = true;
@@ -798,8 +796,13 @@ impl Shared {
                 return;
             }
             if group::live_members(pgid.as_raw_pid(), None) == Some(0) {
-                tracing::debug!(label = %self.label, pid = self.pid_u32(),
-                    "only zombies remain in the group; their parents reap them");
+                // All are zombies now, and the children of each were handed
+                // to their new parents when it exited: reap what is ours.
+                while let Ok(Some(_)) = rustix::process::waitpgid(pgid, WaitOptions::NOHANG) {}
+                if rustix::process::test_kill_process_group(pgid).is_ok() {
+                    tracing::debug!(label = %self.label, pid = self.pid_u32(),
+                        "only zombies of other parents remain in the group; they reap them");
+                }
                 return;
             }
             let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
