@@ -245,6 +245,73 @@ fn sleep60() -> Command {
 }
 
 #[test]
+fn a_stopped_child_is_continued_so_it_can_act_on_the_kill_signal() {
+    let config = config().kill_timeout(Duration::from_secs(20));
+    let (child, _rx) = spawn_ready(
+        &config,
+        "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    child.signal(Signal::STOP).unwrap();
+    // Wait until the group is stopped. (The shell itself may show `D`: a
+    // vfork parent waits for its stopped child to exec.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !group_processes(child.pid()).iter().any(|(_, s)| *s == 'T') {
+        assert!(
+            Instant::now() < deadline,
+            "not stopped: {:?}",
+            group_processes(child.pid())
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let exit = child.kill();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(exit.status, ExitStatus::Code(0));
+}
+
+#[test]
+fn processes_left_behind_by_a_natural_exit_are_killed_by_stop() {
+    let config = config();
+    let mut cmd = sh("sleep 60 & echo ready");
+    cmd.stdout(Stdio::piped());
+    let mut child = config.spawn(cmd).unwrap();
+    let rx = lines(&mut child);
+    let child = Guard::new(child);
+    expect_line(&rx, "ready");
+    let pgid = child.pgid().unwrap();
+    let report = child.wait_timeout(Duration::from_secs(10)).expect("ended");
+    assert!(
+        matches!(report, Report::Exited(e) if e.status.success()),
+        "{report:?}"
+    );
+    assert!(
+        group_processes(pgid).iter().any(|(_, s)| *s != 'Z'),
+        "the background sleep is left running"
+    );
+    let exit = child.stop();
+    assert!(!exit.requested, "it had ended on its own");
+    assert_eq!(child.report(), Some(report), "the report stands");
+    assert_eq!(
+        group_processes(pgid),
+        [],
+        "the leftover was killed and reaped"
+    );
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Child>();
+    check::<handover::child::ExitFuture>();
+    check::<ChildConfig>();
+    check::<ChildError>();
+}
+
+#[test]
 fn no_splay_when_dead_or_immediate() {
     let config = config().splay(Duration::from_secs(5));
     // Already dead: no splay.

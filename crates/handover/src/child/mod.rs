@@ -16,8 +16,9 @@
 //! - **reload** ([`Child::reload`]): the reload signal (default `SIGHUP`)
 //!   after a random splay.
 //! - **kill** ([`Child::kill`]): a random splay in `[0, splay)`, the kill
-//!   signal (default `SIGTERM`) to the group, up to the kill timeout for the
-//!   group to leave, then `SIGKILL` to the whole group. Returns only once the
+//!   signal (default `SIGTERM`, followed by `SIGCONT` so that a stopped
+//!   process acts on it) to the group, up to the kill timeout for the group
+//!   to leave, then `SIGKILL` to the whole group. Returns only once the
 //!   child is gone and reaped.
 //! - **stop** ([`Child::stop`], [`Child::stop_immediately`]): kill, and
 //!   report the end as [`Report::Stopped`] instead of its exit status.
@@ -704,6 +705,11 @@ impl Shared {
                 if let Err(e) = self.send(&st, self.config.kill_signal) {
                     tracing::warn!(label = %self.label, pid = self.pid_u32(), error = %e,
                         "cannot send the kill signal; will send SIGKILL");
+                }
+                // A stopped process acts on the kill signal only once it is
+                // continued (systemd does the same).
+                if ![Signal::KILL, Signal::CONT].contains(&self.config.kill_signal) {
+                    let _ = self.send(&st, Signal::CONT);
                 }
             }
             // Graceful phase: the leader gets the timeout to exit, and once it
