@@ -29,6 +29,12 @@
 //! Every state change is a `tracing` event carrying the child's `label`
 //! (`(dir) program args`) and `pid`.
 //!
+//! Spawning blocks briefly: until the program has been executed (or has
+//! failed to be, which gives a [`ChildError`] naming the program and the PATH
+//! searched, or the working directory). During a kill, the report arrives
+//! once the child has been reaped, which is after the rest of its group has
+//! left or been killed.
+//!
 //! ```
 //! use std::process::Command;
 //! use std::time::Duration;
@@ -856,7 +862,9 @@ impl Shared {
                 .wait_timeout_while(st, timeout, |s| s.exit.is_none()),
         )
         .0;
-        if st.exit.is_some() {
+        // Ended, or already being ended by a kill or stop (which finishes
+        // within its kill timeout).
+        if st.exit.is_some() || st.requested {
             return;
         }
         st.timed_out = true;
