@@ -81,9 +81,12 @@
 //! same lock that every signal is sent under, so no signal ever goes to a
 //! reaped pid. During a kill the child is left a zombie while the rest of its
 //! group gets the kill timeout to leave, and the final `SIGKILL` to the group
-//! is sent while the zombie still pins the group id. Nothing else in this
-//! process may reap children: setting `SIGCHLD` to `SIG_IGN`, or calling
-//! `waitpid(-1)`, makes statuses unknowable ([`ExitStatus::Unknown`]).
+//! is sent while the zombie still pins the group id. After the child is
+//! reaped, its group is signalled again only while `/proc` shows live
+//! members in it (a group id cannot be reused while it has members). Nothing
+//! else in this process may reap children: setting `SIGCHLD` to `SIG_IGN`,
+//! or calling `waitpid(-1)`, makes statuses unknowable
+//! ([`ExitStatus::Unknown`]).
 //!
 //! Processes that leave the group (`setsid`, daemons that double-fork into a
 //! new session) cannot be tracked by a process group; a cgroup is the tool
@@ -91,6 +94,11 @@
 //! live on is reported at once; the members are left alone (a warning says
 //! so) until [`Child::kill`] or [`Child::stop`] is called, which `SIGKILL`s
 //! them.
+//!
+//! Members orphaned by the child's death go to init, or to the nearest
+//! subreaper. Where init does not reap (some containers and sandboxes), make
+//! the supervisor a subreaper (`PR_SET_CHILD_SUBREAPER`): a kill then reaps
+//! the members of the group it killed that became this process's children.
 
 mod command;
 mod group;
