@@ -15,7 +15,8 @@ accepts, when that variable is set.
 SIGTERM (or SIGINT) drains without losing a request:
 
 - it stops accepting at once (closes its copy of the listening socket; the
-  supervisor keeps the socket open for the next generation);
+  supervisor keeps the socket open for the next generation); a connection
+  it has already accepted is served, never dropped;
 - a request that arrives on a keep-alive connection is answered, with
   ``Connection: close``, and the connection is closed after the response;
 - a connection with no request in progress is closed only once it has been
@@ -76,6 +77,8 @@ class Server:
         self.draining = False
         self.drain_started = 0.0
         self.conns = set()
+        # Accepted sockets whose transport is still being made.
+        self.pending = 0
         self.all_gone = asyncio.Event()
         self.body = ("pid=%d\n" % os.getpid()).encode()
 
@@ -87,8 +90,39 @@ class Server:
 
     def forget(self, conn):
         self.conns.discard(conn)
-        if self.draining and not self.conns:
+        self.check_all_gone()
+
+    def check_all_gone(self):
+        if self.draining and not self.conns and not self.pending:
             self.all_gone.set()
+
+    def accept(self, sock):
+        """Accepts what is waiting (called when the socket is readable).
+
+        Not asyncio's ``create_server``: its ``Server.close()`` makes the
+        transports of connections it accepted but has not yet set up fail
+        (``Server._attach`` asserts the server is open), and those
+        connections are dropped unanswered, which clients see as resets.
+        Here every accepted socket is counted until its protocol runs.
+        """
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # EMFILE and the like: try again on the next wake-up
+            conn.setblocking(False)
+            self.pending += 1
+            task = loop.create_task(loop.connect_accepted_socket(lambda: Conn(self), conn))
+            task.add_done_callback(lambda t, conn=conn: self.set_up(t, conn))
+
+    def set_up(self, task, conn):
+        self.pending -= 1
+        if task.cancelled() or task.exception() is not None:
+            conn.close()
+        self.check_all_gone()
 
     def start_draining(self):
         loop = asyncio.get_running_loop()
@@ -96,8 +130,7 @@ class Server:
         self.drain_started = loop.time()
         for conn in list(self.conns):
             conn.check_idle()
-        if not self.conns:
-            self.all_gone.set()
+        self.check_all_gone()
 
 
 class Conn(asyncio.Protocol):
@@ -184,13 +217,15 @@ async def main():
     sock = listen_socket(args.bind)
     loop = asyncio.get_running_loop()
     server = Server(args.idle_grace)
-    listener = await loop.create_server(lambda: Conn(server), sock=sock, backlog=1024)
+    loop.add_reader(sock.fileno(), server.accept, sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     notify_ready()
     await stop.wait()
-    listener.close()  # stop accepting; our copy of the socket is closed
+    # Stop accepting; our copy of the socket is closed, the supervisor's stays.
+    loop.remove_reader(sock.fileno())
+    sock.close()
     server.start_draining()
     try:
         await asyncio.wait_for(server.all_gone.wait(), args.drain_timeout)

@@ -44,7 +44,8 @@ bench=target/release/handover-bench
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 
-# figure TITLE COMMAND...: runs COMMAND, writes the title, the command and its output.
+# figure TITLE COMMAND...: runs COMMAND, writes the title, the command and
+# its output (markdown). FENCE=1: the output is plain text, fence it.
 figure() {
     local title=$1
     shift
@@ -57,7 +58,14 @@ figure() {
         echo "$*"
         echo '```'
         echo
-        "$@"
+        if ((${FENCE:-0})); then
+            echo '```text'
+            { "$@" 2>&1 || echo "(failed: exit status $?)"; } |
+                grep -v -e '^ *Compiling' -e '^ *Finished' -e '^ *Running' -e '^$' || true
+            echo '```'
+        else
+            "$@" || echo "(failed: exit status $?)"
+        fi
         echo
         echo "_($((SECONDS - started)) s)_"
         echo
@@ -70,9 +78,9 @@ cargo_bench() {
     if [[ -f crates/handover/benches/$name.rs ]]; then
         if ((quick)); then
             # Run without --bench, the target does one short smoke round.
-            figure "$title" cargo test --release -q -p handover --bench "$name"
+            FENCE=1 figure "$title" cargo test --release -q -p handover --bench "$name"
         else
-            figure "$title" cargo bench -p handover --bench "$name"
+            FENCE=1 figure "$title" cargo bench -p handover --bench "$name"
         fi
     else
         {

@@ -99,9 +99,12 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             while let Some(next) = incoming.next().await {
                 match next {
                     Ok(stream) => {
+                        // Counted now, not in the task: a task not yet
+                        // polled when draining starts must still be waited
+                        // for (else its connection is dropped unanswered).
+                        let io = drain.track(stream);
                         let (drain, http) = (drain.clone(), http.clone());
                         tokio::spawn(async move {
-                            let io = drain.track(stream);
                             let service = hyper::service::service_fn(hello);
                             let _ = serve_connection(io, service, &drain, &http).await;
                         });
