@@ -1130,7 +1130,10 @@ impl Upgrader {
                 source,
             })
         };
-        let (mut hup, mut usr2) = (sig(SignalKind::hangup())?, sig(SignalKind::user_defined2())?);
+        let (mut hup, mut usr2) = (
+            sig(SignalKind::hangup())?,
+            sig(SignalKind::user_defined2())?,
+        );
         let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
         let mut exit_signal = self.exit();
         let exit = loop {
@@ -1165,14 +1168,16 @@ impl Upgrader {
     fn spawn_upgrade(&self, cause: &'static str) {
         let this = self.clone();
         tracing::info!(cause, "upgrade requested");
-        tokio::task::spawn_blocking(move || match this.upgrade() {
+        tokio::task::spawn_blocking(move || {
             // Failures after the start are logged by upgrade() itself.
-            Err(
+            if let Err(
                 e @ (UpgradeError::InProgress { .. }
                 | UpgradeError::AlreadyUpgraded { .. }
                 | UpgradeError::NotReady),
-            ) => tracing::warn!(cause, error = %e, "upgrade refused"),
-            _ => {}
+            ) = this.upgrade()
+            {
+                tracing::warn!(cause, error = %e, "upgrade refused");
+            }
         });
     }
 }
