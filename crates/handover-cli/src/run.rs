@@ -1049,8 +1049,18 @@ mod tests {
         assert_eq!(b.name, "unknown");
         let b: Bind = "unix:/tmp/a=b".parse().unwrap();
         assert_eq!(b.address, Address::Unix("/tmp/a=b".into()));
-        assert!("web=tcp://x".parse::<Bind>().unwrap_err().contains("port is missing"));
-        assert!("a\tb=tcp://127.0.0.1:1".parse::<Bind>().unwrap_err().contains("not a socket name"));
+        assert!(
+            "web=tcp://x"
+                .parse::<Bind>()
+                .unwrap_err()
+                .contains("port is missing")
+        );
+        assert!(
+            "a\tb=tcp://127.0.0.1:1"
+                .parse::<Bind>()
+                .unwrap_err()
+                .contains("not a socket name")
+        );
         assert!("tcp://127.0.0.1".parse::<Bind>().is_err());
     }
 
