@@ -10,6 +10,7 @@
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
+//! | [`pass`] | descriptors with metadata between unrelated processes over a Unix socket |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
 //! `SAFETY:` comment; the API speaks `OwnedFd`/`BorrowedFd`, never bare
@@ -19,5 +20,6 @@
 
 pub mod activation;
 pub mod notify;
+pub mod pass;
 pub mod socket;
 mod sys;

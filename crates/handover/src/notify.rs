@@ -375,7 +375,10 @@ impl NotifySocket {
             .map_err(NotifyError::Recv)?;
         match recv_message(self.sock.as_fd(), RecvFlags::empty()) {
             Err(NotifyError::Recv(e))
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
             {
                 Ok(None)
             }
@@ -425,8 +428,8 @@ impl AsFd for NotifySocket {
 /// it (a child may send `FDSTORE=1` with fds, which we do not keep).
 fn recv_message(fd: BorrowedFd<'_>, flags: RecvFlags) -> Result<Message, NotifyError> {
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
-    let mut space = [std::mem::MaybeUninit::uninit();
-        rustix::cmsg_space!(ScmCredentials(1), ScmRights(16))];
+    let mut space =
+        [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(16))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = rustix::net::recvmsg(
         fd,
@@ -496,7 +499,13 @@ mod tests {
 
     #[test]
     fn render_states() {
-        let t = render(&[State::Ready, State::Status("ok"), State::MainPid(42), State::Stopping]).unwrap();
+        let t = render(&[
+            State::Ready,
+            State::Status("ok"),
+            State::MainPid(42),
+            State::Stopping,
+        ])
+        .unwrap();
         assert_eq!(t, "READY=1\nSTATUS=ok\nMAINPID=42\nSTOPPING=1\n");
         let r = render(&[State::Reloading]).unwrap();
         assert!(r.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{r}");
@@ -539,11 +548,18 @@ mod tests {
         ] {
             let n = Notifier::to(sock.env_value()).unwrap();
             n.notify(&[State::Ready, State::Status("hi")]).unwrap();
-            let m = sock.recv_timeout(Some(Duration::from_secs(5))).unwrap().unwrap();
+            let m = sock
+                .recv_timeout(Some(Duration::from_secs(5)))
+                .unwrap()
+                .unwrap();
             assert!(m.is_ready());
             assert_eq!(m.status(), Some("hi"));
             assert_eq!(m.pid, Some(std::process::id()));
-            assert!(sock.recv_timeout(Some(Duration::from_millis(20))).unwrap().is_none());
+            assert!(
+                sock.recv_timeout(Some(Duration::from_millis(20)))
+                    .unwrap()
+                    .is_none()
+            );
         }
         assert!(!path.exists(), "socket file removed on drop");
     }

@@ -26,10 +26,16 @@ impl Drop for Guard {
 /// Runs this test binary's `child_role` test as a child process.
 fn child_command(role: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_role", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE, role)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--exact",
+        "child_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE, role)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     cmd
 }
 
@@ -47,7 +53,8 @@ fn reports(guard: &mut Guard, deadline: Duration) -> Vec<String> {
         }
         let _ = tx.send(lines);
     });
-    rx.recv_timeout(deadline).expect("child did not finish in time")
+    rx.recv_timeout(deadline)
+        .expect("child did not finish in time")
 }
 
 fn wait_exit(guard: &mut Guard, deadline: Duration) -> std::process::ExitStatus {
@@ -84,7 +91,10 @@ fn child_role() {
 fn serve_child() {
     // LISTEN_PID must be this very process.
     let listen_pid = std::env::var("LISTEN_PID").unwrap();
-    println!("report:listen_pid_matches={}", listen_pid == std::process::id().to_string());
+    println!(
+        "report:listen_pid_matches={}",
+        listen_pid == std::process::id().to_string()
+    );
     println!("report:names={}", std::env::var("LISTEN_FDNAMES").unwrap());
 
     let mut fds = ListenFds::from_env().unwrap();
@@ -101,7 +111,10 @@ fn serve_child() {
 
     let web: TcpListener = fds.take("web").unwrap();
     let twice = fds.take::<TcpListener>("web").unwrap_err();
-    println!("report:twice={}", matches!(twice, ActivationError::AlreadyTaken { fd: 3, .. }));
+    println!(
+        "report:twice={}",
+        matches!(twice, ActivationError::AlreadyTaken { fd: 3, .. })
+    );
     let admin: UnixListener = fds.take("admin").unwrap();
     let dns: UdpSocket = fds.take("dns").unwrap();
 
@@ -112,7 +125,10 @@ fn serve_child() {
     handover::activation::strip_env(&mut grandchild);
     let out = grandchild.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    println!("report:grandchild_listen_vars={}", text.lines().filter(|l| l.starts_with("LISTEN_")).count());
+    println!(
+        "report:grandchild_listen_vars={}",
+        text.lines().filter(|l| l.starts_with("LISTEN_")).count()
+    );
 
     // Everything else this process holds above 2 was not inherited.
     let leaked = std::env::var("HANDOVER_TEST_MARKER").unwrap();
@@ -126,7 +142,10 @@ fn serve_child() {
     }
     println!("report:marker_inherited={seen_marker}");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let asynch: tokio::net::TcpListener = {
         let _enter = rt.enter();
         fds.take("async").unwrap()
@@ -135,13 +154,17 @@ fn serve_child() {
 
     let (mut s, _) = web.accept().unwrap();
     let mut line = String::new();
-    BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     write!(s, "tcp {} {}", line.trim(), std::process::id()).unwrap();
     drop(s);
 
     let (mut u, _) = admin.accept().unwrap();
     let mut line = String::new();
-    BufReader::new(u.try_clone().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(u.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     write!(u, "unix {}", line.trim()).unwrap();
     drop(u);
 
@@ -261,9 +284,18 @@ fn closed_fds_and_bad_values_are_clear_errors() {
     // `exec` keeps the shell's pid, so LISTEN_PID=$$ is the child's pid; fds
     // 3..7 are not open in it.
     let cases = [
-        ("LISTEN_FDS=5", "LISTEN_FDS=5 says fds 3..=7 were passed, but fd 3 is not open"),
-        ("LISTEN_FDS=abc", "LISTEN_FDS=\"abc\" is not valid: expected a count"),
-        ("LISTEN_FDS=2 LISTEN_FDNAMES=a:b:c", "has 3 name(s) but LISTEN_FDS=2"),
+        (
+            "LISTEN_FDS=5",
+            "LISTEN_FDS=5 says fds 3..=7 were passed, but fd 3 is not open",
+        ),
+        (
+            "LISTEN_FDS=abc",
+            "LISTEN_FDS=\"abc\" is not valid: expected a count",
+        ),
+        (
+            "LISTEN_FDS=2 LISTEN_FDNAMES=a:b:c",
+            "has 3 name(s) but LISTEN_FDS=2",
+        ),
         ("LISTEN_FDS=99999999999", "is not valid"),
     ];
     for (vars, expected) in cases {
@@ -279,7 +311,10 @@ fn closed_fds_and_bad_values_are_clear_errors() {
         let mut child = Guard(cmd.spawn().unwrap());
         let lines = reports(&mut child, Duration::from_secs(30));
         assert_eq!(lines.len(), 1, "{vars}: {lines:?}");
-        assert!(lines[0].starts_with("error=") && lines[0].contains(expected), "{vars}: {lines:?}");
+        assert!(
+            lines[0].starts_with("error=") && lines[0].contains(expected),
+            "{vars}: {lines:?}"
+        );
     }
 }
 
@@ -288,7 +323,9 @@ fn program_not_found_is_an_error_from_spawn() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut a = Activation::new();
     a.fd("x", l.as_fd()).unwrap();
-    let err = a.spawn(Command::new("/nonexistent/handover-no-such-program")).unwrap_err();
+    let err = a
+        .spawn(Command::new("/nonexistent/handover-no-such-program"))
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     let mut cmd = Command::new("handover-no-such-program-in-path");
     cmd.env("PATH", "/nonexistent");
@@ -311,7 +348,10 @@ fn env_clear_and_path_lookup_are_honoured() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut vars: Vec<&str> = text.lines().filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_=")).collect();
+    let mut vars: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="))
+        .collect();
     vars.sort();
     assert_eq!(
         vars,

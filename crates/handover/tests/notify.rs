@@ -28,7 +28,8 @@ fn child_role() {
     let n = Notifier::from_env().unwrap();
     assert!(n.is_enabled());
     n.notify(&[State::Status("starting")]).unwrap();
-    n.notify(&[State::Ready, State::MainPid(std::process::id())]).unwrap();
+    n.notify(&[State::Ready, State::MainPid(std::process::id())])
+        .unwrap();
     n.notify(&[State::Reloading]).unwrap();
     n.notify(&[State::Stopping]).unwrap();
 }
@@ -59,7 +60,14 @@ fn check(sock: NotifySocket) {
     assert!(msgs[1].is_ready());
     assert_eq!(msgs[1].main_pid(), Some(pid));
     assert!(msgs[2].is_reloading());
-    assert!(msgs[2].get("MONOTONIC_USEC").unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        msgs[2]
+            .get("MONOTONIC_USEC")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert!(msgs[3].is_stopping());
 }
 
@@ -71,19 +79,32 @@ fn child_reports_to_a_path_socket() {
 
 #[test]
 fn child_reports_to_an_abstract_socket() {
-    let name = format!("handover-notify-test/{}/{}", std::process::id(), fastrand::u64(..));
+    let name = format!(
+        "handover-notify-test/{}/{}",
+        std::process::id(),
+        fastrand::u64(..)
+    );
     check(NotifySocket::bind_abstract(name.as_bytes()).unwrap());
 }
 
 #[test]
 fn async_receive() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let sock = NotifySocket::bind(&dir.path().join("n")).unwrap().into_async().unwrap();
+        let sock = NotifySocket::bind(&dir.path().join("n"))
+            .unwrap()
+            .into_async()
+            .unwrap();
         let n = Notifier::to(sock.env_value()).unwrap();
         n.notify(&[State::Ready]).unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(10), sock.recv()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sock.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(m.is_ready());
         assert_eq!(m.pid, Some(std::process::id()));
     });
@@ -93,7 +114,10 @@ fn async_receive() {
 fn missing_supervisor_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gone");
-    let err = Notifier::to(path.as_os_str()).unwrap().notify(&[State::Ready]).unwrap_err();
+    let err = Notifier::to(path.as_os_str())
+        .unwrap()
+        .notify(&[State::Ready])
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("could not send \"READY=1\\n\""), "{msg}");
     assert!(msg.contains("Is the supervisor still running"), "{msg}");
