@@ -264,6 +264,21 @@ fn check_ack(sent: u32, event: Option<Event>) -> Result<(), PassError> {
     }
 }
 
+/// A client whose handshake fails because the server closed the
+/// connection was most likely refused: say so.
+fn refused(e: PassError) -> PassError {
+    match e {
+        PassError::Closed { .. } => PassError::Closed {
+            during: REFUSED.into(),
+        },
+        e => e,
+    }
+}
+
+pub(crate) const REFUSED: &str = "before the server's hello: the server refused this process (see its log \
+                       for the reason; by default only the same user may connect), or it is not \
+                       a handover pass server";
+
 fn check_hello(event: Option<Event>) -> Result<u16, PassError> {
     match event {
         Some(Event::Hello { version }) => Ok(version),
@@ -447,15 +462,16 @@ impl<'a> Receiver<'a> {
             buf: Vec::new(),
             acked: false,
         };
-        write_frame(r.fd, &wire::hello(VERSION), &[], r.deadline)?;
+        write_frame(r.fd, &wire::hello(VERSION), &[], r.deadline).map_err(refused)?;
         let ev = read_event(
             r.fd,
             &mut r.decoder,
             &mut r.buf,
             r.deadline,
             "the server's hello",
-        )?;
-        check_hello(ev)?;
+        )
+        .map_err(refused)?;
+        check_hello(ev).map_err(refused)?;
         Ok(r)
     }
 
@@ -718,7 +734,9 @@ mod asynch {
                 buf: Vec::new(),
                 acked: false,
             };
-            write_frame(stream, &wire::hello(VERSION), &[], r.deadline).await?;
+            write_frame(stream, &wire::hello(VERSION), &[], r.deadline)
+                .await
+                .map_err(refused)?;
             let ev = read_event(
                 stream,
                 &mut r.decoder,
@@ -726,8 +744,9 @@ mod asynch {
                 r.deadline,
                 "the server's hello",
             )
-            .await?;
-            check_hello(ev)?;
+            .await
+            .map_err(refused)?;
+            check_hello(ev).map_err(refused)?;
             Ok(r)
         }
 

@@ -365,12 +365,7 @@ impl<F> Decoder<F> {
             }),
             State::Hello if self.buf.is_empty() => Err(PassError::Closed {
                 during: match self.side {
-                    Side::Client => {
-                        "before the server's hello: the server refused this process (see its \
-                         log for the reason; by default only the same user may connect), or \
-                         it is not a handover pass server"
-                            .into()
-                    }
+                    Side::Client => super::stream::REFUSED.into(),
                     Side::Server => "before the client's hello".into(),
                 },
             }),
