@@ -7,10 +7,12 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`socket`] | what kind of socket an fd is; checked conversions into std/tokio types |
+//! | [`address`] | `tcp://`, `udp://`, `unix:` addresses; binding with errors that say what to do |
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
 //! | [`pass`] | descriptors with metadata between unrelated processes over a Unix socket |
+//! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
 //! `SAFETY:` comment; the API speaks `OwnedFd`/`BorrowedFd`, never bare
@@ -19,7 +21,11 @@
 #![cfg(target_os = "linux")]
 
 pub mod activation;
+pub mod address;
+pub mod child;
+pub mod drain;
 pub mod notify;
 pub mod pass;
 pub mod socket;
 mod sys;
+pub mod upgrade;

@@ -1,0 +1,152 @@
+//! `handover verify`: load a server while reloading it; count every failure.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use handover_verify::{LoadConfig, Mode, Trigger, VerifyConfig};
+
+use crate::{control, duration};
+
+/// Options of `handover verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The server to load (127.0.0.1 or ::1 are the intended targets).
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: String,
+
+    /// How long to run.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    duration: Duration,
+
+    /// Trigger a reload this often (needs one of --control, --signal, --command).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    reload_every: Option<Duration>,
+
+    /// Reload through this handover control socket.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["signal", "command"])]
+    control: Option<PathBuf>,
+
+    /// Reload by sending this signal to the pid in --pid-file (read anew
+    /// each time).
+    #[arg(long, value_name = "SIGNAL", requires = "pid_file", conflicts_with = "command")]
+    signal: Option<String>,
+
+    /// The pid file for --signal.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+
+    /// Reload by running this shell command (it must exit 0).
+    #[arg(long, value_name = "CMD")]
+    command: Option<String>,
+
+    /// Concurrent clients.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    connections: usize,
+
+    /// Keep connections alive across requests (default: a new connection
+    /// per request).
+    #[arg(long)]
+    keep_alive: bool,
+
+    /// The request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+
+    /// A request that takes longer than this is a failure (timeout).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    request_timeout: Duration,
+
+    /// How long after a reload a new pid must answer (responses with a
+    /// `pid=N` body tell which process answered).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration::parse)]
+    ready_timeout: Duration,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("--addr {addr:?}: {e}; expected HOST:PORT like 127.0.0.1:8080"))?
+        .next()
+        .ok_or_else(|| format!("--addr {addr:?} has no address"))
+}
+
+/// A trigger that reloads through a control socket.
+pub fn control_trigger(path: PathBuf, timeout: Duration) -> Trigger {
+    Trigger::custom(move || {
+        let a = control::request(&path, control::Request::Reload, timeout)?;
+        if a["ok"] == true {
+            Ok(())
+        } else {
+            Err(a["error"].as_str().unwrap_or("reload failed").to_string())
+        }
+    })
+}
+
+/// Builds the trigger from the options.
+fn trigger(args: &VerifyArgs) -> Result<Option<Trigger>, String> {
+    if let Some(p) = &args.control {
+        return Ok(Some(control_trigger(p.clone(), args.ready_timeout)));
+    }
+    if let Some(s) = &args.signal {
+        let sig = handover::child::parse_signal(s).map_err(|e| e.to_string())?;
+        return Ok(Some(Trigger::Signal {
+            signal: sig.as_raw(),
+            pid_file: args.pid_file.clone().ok_or("--signal needs --pid-file")?,
+        }));
+    }
+    Ok(args.command.clone().map(Trigger::Command))
+}
+
+/// Runs `handover verify`.
+pub fn main(args: VerifyArgs) -> ExitCode {
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("handover verify: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &VerifyArgs) -> Result<bool, String> {
+    let addr = resolve(&args.addr)?;
+    let mode = if args.keep_alive { Mode::KeepAlive } else { Mode::NewConnection };
+    let mut load = LoadConfig::new(addr, mode);
+    load.connections = args.connections;
+    load.path = args.path.clone();
+    load.request_timeout = args.request_timeout;
+    let mut cfg = VerifyConfig::new(load, args.duration);
+    let trigger = trigger(args)?;
+    match (args.reload_every, trigger) {
+        (Some(every), Some(t)) => cfg = cfg.with_reloads(every, t),
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err("--reload-every needs a way to reload: --control PATH, --signal SIG --pid-file PATH, or --command CMD".into());
+        }
+        (None, Some(_)) => return Err("a reload trigger was given without --reload-every DURATION".into()),
+    }
+    cfg.ready_timeout = args.ready_timeout;
+    cfg.progress = !args.json && handover_verify::stderr_is_terminal();
+    let report = handover_verify::verify(cfg).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", report.render_table());
+        println!(
+            "{}",
+            if report.passed() {
+                "PASS: no request failed"
+            } else {
+                "FAIL: see the failures above"
+            }
+        );
+    }
+    Ok(report.passed())
+}

@@ -1,0 +1,196 @@
+//! An HTTP/1.1 server that upgrades itself with zero downtime.
+//!
+//! ```text
+//! cargo run --example upgrade_http -- --listen 127.0.0.1:8080 --pid-file /tmp/upgrade_http.pid
+//! curl http://127.0.0.1:8080/            # pid=<its pid>
+//! kill -HUP $(cat /tmp/upgrade_http.pid) # re-executes the binary; the new pid answers
+//! kill -TERM $(cat /tmp/upgrade_http.pid)
+//! ```
+//!
+//! Every response body is `pid=<pid>` and a newline; `/slow?ms=N` waits N
+//! milliseconds first. SIGHUP (or SIGUSR2) starts the binary again with the
+//! listening socket; once the new process is ready the old one stops
+//! accepting, answers each keep-alive connection's next request with
+//! `Connection: close`, finishes what is in flight, and exits. SIGTERM drains
+//! and exits for good.
+//!
+//! Options: `--listen ADDR` (required; `tcp://`, `unix:` or `HOST:PORT`),
+//! `--pid-file PATH`, `--ready-timeout SECS` (default 60),
+//! `--drain-timeout SECS` (default 30), `--idle-grace-ms MS` (default 2000).
+//!
+//! Under systemd (socket-activated, `Type=notify-reload`):
+//!
+//! ```ini
+//! # upgrade_http.socket
+//! [Socket]
+//! ListenStream=127.0.0.1:8080
+//! FileDescriptorName=http
+//!
+//! # upgrade_http.service
+//! [Service]
+//! Type=notify-reload
+//! NotifyAccess=all
+//! ExecStart=/usr/local/bin/upgrade_http --listen 127.0.0.1:8080
+//! ReloadSignal=SIGHUP
+//! KillMode=mixed
+//! ```
+//!
+//! systemd passes the socket as "http"; `Upgrader::listen("http", ..)` takes
+//! it instead of binding. On `systemctl reload` the process sends
+//! `RELOADING=1`, starts its successor, and the successor sends `READY=1`
+//! and `MAINPID=` itself.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use handover::address::Address;
+use handover::drain::http::{HttpOptions, serve_connection};
+use handover::drain::{Drain, Listener, is_closed_error};
+use handover::upgrade::{Options, RunOptions, Upgrader};
+
+/// Command-line settings.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Where to listen.
+    pub listen: Address,
+    /// Pid file.
+    pub pid_file: Option<std::path::PathBuf>,
+    /// Ready timeout.
+    pub ready_timeout: Duration,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+    /// Idle keep-alive grace while draining.
+    pub idle_grace: Duration,
+}
+
+impl Args {
+    /// Parses `--listen ADDR [--pid-file PATH] [--ready-timeout SECS]
+    /// [--drain-timeout SECS] [--idle-grace-ms MS]`.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut it = args.into_iter();
+        let (mut listen, mut pid_file) = (None, None);
+        let (mut ready, mut drain, mut grace) = (60.0, 30.0, 2000u64);
+        let num = |v: Option<String>, flag: &str| -> Result<f64, String> {
+            v.ok_or(format!("{flag} needs a value"))?
+                .parse::<f64>()
+                .map_err(|e| format!("{flag}: {e}"))
+        };
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--listen" => {
+                    let v = it.next().ok_or("--listen needs an address")?;
+                    listen = Some(v.parse::<Address>().map_err(|e| e.to_string())?);
+                }
+                "--pid-file" => pid_file = Some(it.next().ok_or("--pid-file needs a path")?.into()),
+                "--ready-timeout" => ready = num(it.next(), "--ready-timeout")?,
+                "--drain-timeout" => drain = num(it.next(), "--drain-timeout")?,
+                "--idle-grace-ms" => grace = num(it.next(), "--idle-grace-ms")? as u64,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(Args {
+            listen: listen.ok_or("--listen ADDR is required (for example --listen 127.0.0.1:8080)")?,
+            pid_file,
+            ready_timeout: Duration::from_secs_f64(ready),
+            drain_timeout: Duration::from_secs_f64(drain),
+            idle_grace: Duration::from_millis(grace),
+        })
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/slow" {
+        let ms = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let body = format!("pid={}\n", std::process::id());
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// Runs the server until it has handed over or was stopped.
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Created first, before any thread: it takes the inherited sockets.
+    let mut options = Options::default().ready_timeout(args.ready_timeout);
+    if let Some(p) = &args.pid_file {
+        options = options.pid_file(p);
+    }
+    let upgrader = Upgrader::new(options)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let drain = Drain::new();
+        let http = HttpOptions::default().with_idle_grace(args.idle_grace);
+        let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
+        let listener = Listener::new(listener, &drain);
+        let accepting = {
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((io, _)) => {
+                            let drain = drain.clone();
+                            let http = http.clone();
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(handle);
+                                let _ = serve_connection(io, service, &drain, &http).await;
+                            });
+                        }
+                        Err(e) if is_closed_error(&e) => break,
+                        Err(e) => {
+                            // EMFILE and friends: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            })
+        };
+        upgrader.ready()?;
+        tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
+        let outcome = upgrader
+            .run(&drain, RunOptions::default().drain_timeout(args.drain_timeout))
+            .await?;
+        let _ = accepting.await;
+        tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    // Connections cut short by the drain timeout are dropped here.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn main() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("upgrade_http: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("upgrade_http: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,515 @@
+//! Socket addresses as operators write them, and binding them with errors
+//! that say what to do.
+//!
+//! | form | meaning |
+//! |---|---|
+//! | `tcp://127.0.0.1:8080`, `tcp://[::1]:8080`, `127.0.0.1:8080` | TCP listener |
+//! | `udp://0.0.0.0:5353` | UDP socket |
+//! | `unix:/run/app.sock` | Unix stream listener |
+//!
+//! ```
+//! use handover::address::Address;
+//! let a: Address = "tcp://127.0.0.1:0".parse().unwrap();
+//! let fd = a.bind(&Default::default()).unwrap();
+//! let listener = std::net::TcpListener::from(fd);
+//! ```
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// The longest Unix socket path Linux accepts, in bytes.
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// A socket to bind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A TCP listener.
+    Tcp(SocketAddr),
+    /// A UDP socket.
+    Udp(SocketAddr),
+    /// A Unix stream listener at a path.
+    Unix(PathBuf),
+}
+
+/// Why an address could not be parsed or bound.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// The text is not an address.
+    #[error(
+        "{text:?} is not a socket address: {why}. Expected tcp://HOST:PORT, udp://HOST:PORT or \
+         unix:PATH (for example tcp://127.0.0.1:8080, tcp://[::1]:8080, unix:/run/app.sock)"
+    )]
+    Parse {
+        /// The text.
+        text: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// The port is taken.
+    #[error(
+        "cannot bind {address}: the address is already in use{holder}. Stop the other process, \
+         choose another port, or pass the socket on from the process that has it"
+    )]
+    InUse {
+        /// The address.
+        address: Address,
+        /// `" by pid N (name)"` when /proc tells.
+        holder: String,
+    },
+    /// A Unix socket path over the kernel's limit.
+    #[error(
+        "cannot bind unix:{path}: the path is {len} bytes, and Unix socket paths are limited to \
+         {MAX_UNIX_PATH}; choose a shorter directory (for example under /run or /tmp)",
+        path = path.display()
+    )]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// The directory of a Unix socket does not exist.
+    #[error(
+        "cannot bind unix:{path}: the directory {dir} does not exist; create it first",
+        path = path.display(),
+        dir = dir.display()
+    )]
+    NoDirectory {
+        /// The path.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// A live process listens on the Unix socket path.
+    #[error(
+        "cannot bind unix:{path}: another process is listening there; stop it, or choose another path",
+        path = path.display()
+    )]
+    UnixInUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error(
+        "cannot bind unix:{path}: a file that is not a socket exists there; refusing to remove it",
+        path = path.display()
+    )]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another system error.
+    #[error("cannot bind {address}: {source}")]
+    Io {
+        /// The address.
+        address: Address,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "tcp://{a}"),
+            Address::Udp(a) => write!(f, "udp://{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+fn host_port(text: &str, rest: &str) -> Result<SocketAddr, AddressError> {
+    let err = |why: String| AddressError::Parse {
+        text: text.to_string(),
+        why,
+    };
+    if let Ok(a) = rest.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(err("a port is missing (HOST:PORT)".into()));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(err(format!(
+            "the port {port:?} is not a number from 0 to 65535"
+        )));
+    }
+    if host.is_empty() {
+        return Err(err(
+            "the host is missing (use 0.0.0.0 or [::] for all interfaces)".into(),
+        ));
+    }
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(err(
+            "an IPv6 host must be in brackets, like [::1]:8080".into()
+        ));
+    }
+    // Resolve names such as localhost; take the first address.
+    let mut addrs = rest
+        .to_socket_addrs()
+        .map_err(|e| err(format!("the host {host:?} could not be resolved ({e})")))?;
+    addrs
+        .next()
+        .ok_or_else(|| err(format!("the host {host:?} has no address")))
+}
+
+impl FromStr for Address {
+    type Err = AddressError;
+
+    fn from_str(text: &str) -> Result<Address, AddressError> {
+        let err = |why: &str| AddressError::Parse {
+            text: text.to_string(),
+            why: why.to_string(),
+        };
+        if text.is_empty() {
+            return Err(err("it is empty"));
+        }
+        if let Some(rest) = text.strip_prefix("tcp://") {
+            return host_port(text, rest).map(Address::Tcp);
+        }
+        if let Some(rest) = text.strip_prefix("udp://") {
+            return host_port(text, rest).map(Address::Udp);
+        }
+        if let Some(rest) = text
+            .strip_prefix("unix://")
+            .or_else(|| text.strip_prefix("unix:"))
+        {
+            if rest.is_empty() {
+                return Err(err("the path is empty"));
+            }
+            if rest.contains('\0') {
+                return Err(err("the path contains a NUL byte"));
+            }
+            return Ok(Address::Unix(PathBuf::from(rest)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(err(&format!(
+                "the scheme {scheme:?} is not one of tcp, udp, unix"
+            )));
+        }
+        host_port(text, text).map(Address::Tcp)
+    }
+}
+
+/// How to bind.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BindOptions {
+    /// Listen backlog for stream sockets (default 4096, capped by the kernel's
+    /// `somaxconn`).
+    pub backlog: i32,
+    /// Permission bits of a Unix socket file (default `0o600`).
+    pub unix_mode: u32,
+}
+
+impl Default for BindOptions {
+    fn default() -> Self {
+        BindOptions {
+            backlog: 4096,
+            unix_mode: 0o600,
+        }
+    }
+}
+
+impl BindOptions {
+    /// Sets the Unix socket file mode.
+    pub fn unix_mode(mut self, mode: u32) -> Self {
+        self.unix_mode = mode;
+        self
+    }
+}
+
+impl Address {
+    /// Binds (and for stream sockets listens) a new, blocking,
+    /// close-on-exec socket. TCP listeners get `SO_REUSEADDR`.
+    ///
+    /// A Unix socket file left by a dead process (nobody accepts on it) is
+    /// replaced; a live one is an error. The file gets `options.unix_mode`
+    /// before the socket listens, so no client can connect through a wider
+    /// mode.
+    pub fn bind(&self, options: &BindOptions) -> Result<OwnedFd, AddressError> {
+        let io = |source: io::Error| AddressError::Io {
+            address: self.clone(),
+            source,
+        };
+        match self {
+            Address::Tcp(a) | Address::Udp(a) => {
+                let tcp = matches!(self, Address::Tcp(_));
+                let ty = if tcp { Type::STREAM } else { Type::DGRAM };
+                let s = Socket::new(Domain::for_address(*a), ty, None).map_err(io)?;
+                if tcp {
+                    s.set_reuse_address(true).map_err(io)?;
+                }
+                if let Err(e) = s.bind(&SockAddr::from(*a)) {
+                    if e.kind() == io::ErrorKind::AddrInUse {
+                        return Err(AddressError::InUse {
+                            address: self.clone(),
+                            holder: port_holder(*a, tcp)
+                                .map(|(pid, name)| format!(" by pid {pid} ({name})"))
+                                .unwrap_or_default(),
+                        });
+                    }
+                    return Err(io(e));
+                }
+                if tcp {
+                    s.listen(options.backlog).map_err(io)?;
+                }
+                Ok(s.into())
+            }
+            Address::Unix(path) => {
+                let len = path.as_os_str().len();
+                if len > MAX_UNIX_PATH {
+                    return Err(AddressError::PathTooLong {
+                        path: path.clone(),
+                        len,
+                    });
+                }
+                let dir = match path.parent() {
+                    Some(d) if d.as_os_str().is_empty() => Path::new("."),
+                    Some(d) => d,
+                    None => Path::new("/"),
+                };
+                if !dir.is_dir() {
+                    return Err(AddressError::NoDirectory {
+                        path: path.clone(),
+                        dir: dir.to_owned(),
+                    });
+                }
+                remove_stale_socket(path)?;
+                let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(io)?;
+                let addr = SockAddr::unix(path).map_err(io)?;
+                match s.bind(&addr) {
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                        return Err(AddressError::UnixInUse { path: path.clone() });
+                    }
+                    r => r.map_err(io)?,
+                }
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(options.unix_mode))
+                    .map_err(io)?;
+                s.listen(options.backlog).map_err(io)?;
+                Ok(s.into())
+            }
+        }
+    }
+
+    /// The address a bound socket actually has (for `tcp://127.0.0.1:0`, the
+    /// port the kernel chose).
+    pub fn local(fd: impl AsFd, kind: &Address) -> io::Result<Address> {
+        let a = rustix::net::getsockname(&fd)?;
+        Ok(match kind {
+            Address::Tcp(_) | Address::Udp(_) => {
+                let sa: SocketAddr = a
+                    .try_into()
+                    .map_err(|_| io::Error::other("not an internet socket"))?;
+                if matches!(kind, Address::Tcp(_)) {
+                    Address::Tcp(sa)
+                } else {
+                    Address::Udp(sa)
+                }
+            }
+            Address::Unix(p) => Address::Unix(p.clone()),
+        })
+    }
+}
+
+/// Removes a Unix socket file nobody listens on; errors if someone does, or
+/// if the file is not a socket.
+fn remove_stale_socket(path: &Path) -> Result<(), AddressError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(AddressError::Io {
+                address: Address::Unix(path.to_owned()),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(AddressError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(AddressError::UnixInUse {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|source| AddressError::Io {
+                address: Address::Unix(path.to_owned()),
+                source,
+            }),
+        Err(source) => Err(AddressError::Io {
+            address: Address::Unix(path.to_owned()),
+            source,
+        }),
+    }
+}
+
+/// Which process holds a local port, from `/proc/net/{tcp,udp}{,6}` and
+/// `/proc/*/fd` (only processes this user may inspect).
+pub fn port_holder(addr: SocketAddr, tcp: bool) -> Option<(u32, String)> {
+    let proto = if tcp { "tcp" } else { "udp" };
+    let mut inodes = Vec::new();
+    for file in [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 {
+                continue;
+            }
+            let port = cols[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // 0A is LISTEN; UDP sockets are 07 (unconnected).
+            let state_ok = !tcp || cols[3] == "0A";
+            if port == Some(addr.port()) && state_ok {
+                inodes.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                let name = std::fs::read_to_string(proc_entry.path().join("comm"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Some((pid, name));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_forms() {
+        let p = |s: &str| s.parse::<Address>();
+        assert_eq!(
+            p("tcp://127.0.0.1:80").unwrap(),
+            Address::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            p("127.0.0.1:80").unwrap(),
+            Address::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            p("tcp://[::1]:80").unwrap(),
+            Address::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            p("udp://0.0.0.0:53").unwrap(),
+            Address::Udp("0.0.0.0:53".parse().unwrap())
+        );
+        assert_eq!(
+            p("unix:/run/x.sock").unwrap(),
+            Address::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            p("unix:rel.sock").unwrap(),
+            Address::Unix("rel.sock".into())
+        );
+        assert!(matches!(p("tcp://localhost:80").unwrap(), Address::Tcp(a) if a.port() == 80));
+        for (bad, why) in [
+            ("", "empty"),
+            ("tcp://127.0.0.1", "port is missing"),
+            ("tcp://127.0.0.1:99999", "not a number from 0 to 65535"),
+            ("tcp://:80", "host is missing"),
+            ("tcp://::1:80", "brackets"),
+            ("http://x:80", "scheme \"http\""),
+            ("unix:", "path is empty"),
+        ] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.contains("Expected tcp://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["tcp://127.0.0.1:80", "udp://[::1]:53", "unix:/tmp/a"] {
+            assert_eq!(s.parse::<Address>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn port_in_use_names_the_holder() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = Address::Tcp(l.local_addr().unwrap());
+        let e = a.bind(&BindOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("already in use"), "{e}");
+        assert!(e.contains(&format!("by pid {}", std::process::id())), "{e}");
+    }
+
+    #[test]
+    fn unix_errors_and_stale_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let a = Address::Unix(path.clone());
+        let fd = a.bind(&BindOptions::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Live: refused.
+        let e = a.bind(&BindOptions::default()).unwrap_err();
+        assert!(matches!(e, AddressError::UnixInUse { .. }), "{e}");
+        // Stale: replaced.
+        drop(fd);
+        let _fd = a.bind(&BindOptions::default().unix_mode(0o660)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o660
+        );
+        // Not a socket: left alone.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Address::Unix(file)
+            .bind(&BindOptions::default())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not a socket exists there; refusing"),
+            "{e}"
+        );
+        let e = Address::Unix(dir.path().join("no/such/dir/s"))
+            .bind(&BindOptions::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("does not exist; create it first"),
+            "{e}"
+        );
+        let long = dir.path().join("x".repeat(120));
+        let e = Address::Unix(long)
+            .bind(&BindOptions::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("limited to 107"), "{e}");
+    }
+}
