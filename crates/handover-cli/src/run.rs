@@ -52,7 +52,10 @@ impl std::str::FromStr for ReadyMode {
             duration::parse(d).map(ReadyMode::Delay)
         } else if let Some(c) = s.strip_prefix("exec:") {
             if c.trim().is_empty() {
-                Err("exec: needs a command, like exec:'curl -fs http://127.0.0.1:8080/health'".into())
+                Err(
+                    "exec: needs a command, like exec:'curl -fs http://127.0.0.1:8080/health'"
+                        .into(),
+                )
             } else {
                 Ok(ReadyMode::Exec(c.to_string()))
             }
@@ -454,10 +457,17 @@ fn hurry(children: &[Arc<Child>]) {
 
 fn current_child(shared: &Shared) -> Option<Arc<Child>> {
     let id = (*lock(&shared.current))?;
-    lock(&shared.gens).iter().find(|g| g.id == id).map(|g| g.child.clone())
+    lock(&shared.gens)
+        .iter()
+        .find(|g| g.id == id)
+        .map(|g| g.child.clone())
 }
 
-fn handle_event(shared: &Arc<Shared>, event: Event, reload_tx: &mpsc::UnboundedSender<ReloadRequest>) {
+fn handle_event(
+    shared: &Arc<Shared>,
+    event: Event,
+    reload_tx: &mpsc::UnboundedSender<ReloadRequest>,
+) {
     let Event::Exited { id, report } = event;
     let Report::Exited(exit) = report else {
         return; // stopped by us: nothing to report
@@ -469,7 +479,10 @@ fn handle_event(shared: &Arc<Shared>, event: Event, reload_tx: &mpsc::UnboundedS
     *current = None;
     drop(current);
     let mut gens = lock(&shared.gens);
-    let gen_info = gens.iter().find(|g| g.id == id).map(|g| (g.pid, g.stderr.clone(), g.started));
+    let gen_info = gens
+        .iter()
+        .find(|g| g.id == id)
+        .map(|g| (g.pid, g.stderr.clone(), g.started));
     gens.retain(|g| g.id != id);
     drop(gens);
     if let Some((pid, stderr, started)) = gen_info {
@@ -544,7 +557,8 @@ async fn reload_loop(
 
 fn backoff(attempt: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(100);
-    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(max)
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// One reload: start a generation, wait until it is ready, make it current,
@@ -611,7 +625,13 @@ async fn reload_once(
     }
 }
 
-fn record_reload(shared: &Shared, ok: bool, started: Instant, pid: Option<u32>, error: Option<String>) {
+fn record_reload(
+    shared: &Shared,
+    ok: bool,
+    started: Instant,
+    pid: Option<u32>,
+    error: Option<String>,
+) {
     let mut st = lock(&shared.stats);
     st.reloads += 1;
     if !ok {
@@ -625,7 +645,10 @@ fn record_reload(shared: &Shared, ok: bool, started: Instant, pid: Option<u32>, 
 
 /// Stops generation `id` (stop signal, stop timeout, SIGKILL) and forgets it.
 async fn stop_generation(shared: &Arc<Shared>, id: u64) {
-    let child = lock(&shared.gens).iter().find(|g| g.id == id).map(|g| g.child.clone());
+    let child = lock(&shared.gens)
+        .iter()
+        .find(|g| g.id == id)
+        .map(|g| g.child.clone());
     if let Some(child) = child {
         let exit = child.stop_async().await;
         tracing::info!(generation = id, pid = child.pid(), status = %exit, "old generation is gone");
@@ -655,7 +678,9 @@ async fn start_generation(shared: &Arc<Shared>) -> Result<(u64, u32, Duration), 
         .stderr(Stdio::piped());
     let mut activation = Activation::new();
     for s in &shared.sockets {
-        activation.fd(&s.name, s.fd.as_fd()).map_err(|e| e.to_string())?;
+        activation
+            .fd(&s.name, s.fd.as_fd())
+            .map_err(|e| e.to_string())?;
     }
     let (ready_tx, mut ready_rx) = watch::channel(false);
     let stderr = Arc::new(StderrTail::default());
@@ -674,7 +699,11 @@ async fn start_generation(shared: &Arc<Shared>) -> Result<(u64, u32, Duration), 
         Arc::new(child)
     };
     let pid = child.pid();
-    tracing::info!(generation = id, pid, "started a new generation; waiting until it is ready");
+    tracing::info!(
+        generation = id,
+        pid,
+        "started a new generation; waiting until it is ready"
+    );
     lock(&shared.gens).push(Gen {
         id,
         child: child.clone(),
@@ -828,7 +857,10 @@ async fn listen_notify(shared: Arc<Shared>, sock: handover::notify::AsyncNotifyS
             .iter_mut()
             .find(|g| g.pid == pid || (pgid.is_some() && g.child.pgid() == pgid))
         else {
-            tracing::debug!(pid, "a notify message from a process that is not a generation; ignored");
+            tracing::debug!(
+                pid,
+                "a notify message from a process that is not a generation; ignored"
+            );
             continue;
         };
         g.notified = true;
@@ -909,10 +941,17 @@ fn start_reaper(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
 
 fn reap_orphans(shared: &Shared) {
     let managed = lock(&shared.managed);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
     for task in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
-        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             if managed.contains(&pid) {
                 continue;
             }
@@ -950,7 +989,9 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Resolves to the first of `futs` to finish.
-async fn futures_select_all<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) -> F::Output {
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futs: impl Iterator<Item = F>,
+) -> F::Output {
     let mut futs: Vec<F> = futs.collect();
     std::future::poll_fn(move |cx| {
         for f in futs.iter_mut() {
@@ -983,10 +1024,21 @@ mod tests {
     #[test]
     fn ready_modes() {
         assert_eq!("notify".parse::<ReadyMode>().unwrap(), ReadyMode::Notify);
-        assert_eq!("delay:2s".parse::<ReadyMode>().unwrap(), ReadyMode::Delay(Duration::from_secs(2)));
-        assert_eq!("exec:true".parse::<ReadyMode>().unwrap(), ReadyMode::Exec("true".into()));
+        assert_eq!(
+            "delay:2s".parse::<ReadyMode>().unwrap(),
+            ReadyMode::Delay(Duration::from_secs(2))
+        );
+        assert_eq!(
+            "exec:true".parse::<ReadyMode>().unwrap(),
+            ReadyMode::Exec("true".into())
+        );
         assert!("exec:".parse::<ReadyMode>().is_err());
-        assert!("soon".parse::<ReadyMode>().unwrap_err().contains("expected notify"));
+        assert!(
+            "soon"
+                .parse::<ReadyMode>()
+                .unwrap_err()
+                .contains("expected notify")
+        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ impl Args {
             }
         }
         Ok(Args {
-            listen: listen.ok_or("--listen ADDR is required (for example --listen 127.0.0.1:8080)")?,
+            listen: listen
+                .ok_or("--listen ADDR is required (for example --listen 127.0.0.1:8080)")?,
             pid_file,
             ready_timeout: Duration::from_secs_f64(ready),
             drain_timeout: Duration::from_secs_f64(drain),
@@ -160,7 +161,10 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         upgrader.ready()?;
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
         let outcome = upgrader
-            .run(&drain, RunOptions::default().drain_timeout(args.drain_timeout))
+            .run(
+                &drain,
+                RunOptions::default().drain_timeout(args.drain_timeout),
+            )
             .await?;
         let _ = accepting.await;
         tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");

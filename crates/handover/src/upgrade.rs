@@ -1130,7 +1130,10 @@ impl Upgrader {
                 source,
             })
         };
-        let (mut hup, mut usr2) = (sig(SignalKind::hangup())?, sig(SignalKind::user_defined2())?);
+        let (mut hup, mut usr2) = (
+            sig(SignalKind::hangup())?,
+            sig(SignalKind::user_defined2())?,
+        );
         let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
         let mut exit_signal = self.exit();
         let exit = loop {
