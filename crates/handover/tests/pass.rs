@@ -193,7 +193,7 @@ fn send_role() {
     {
         let mut fds: Vec<OwnedFd> = Vec::with_capacity(n + 1);
         while fds.len() < n {
-            let (r, w) = rustix::pipe::pipe().unwrap();
+            let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
             fds.push(r);
             fds.push(w);
         }
@@ -366,7 +366,9 @@ fn ten_thousand_fds_between_processes() {
 fn truncated_ancillary_data_is_an_error_and_leaks_nothing() {
     let dir = short_tempdir();
     let path = dir.path().join("s");
-    let pipes: Vec<(OwnedFd, OwnedFd)> = (0..50).map(|_| rustix::pipe::pipe().unwrap()).collect();
+    let pipes: Vec<(OwnedFd, OwnedFd)> = (0..50)
+        .map(|_| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap())
+        .collect();
     let fds: Vec<OwnedFd> = pipes
         .iter()
         .flat_map(|(r, w)| [r.try_clone().unwrap(), w.try_clone().unwrap()])
@@ -481,7 +483,7 @@ fn peer_with_another_uid_is_refused() {
 fn std_sessions_on_a_socket_pair() {
     let (a, b) = UnixStream::pair().unwrap();
     let f1 = tempfile::tempfile().unwrap();
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let expect: Vec<_> = [f1.as_fd(), r.as_fd(), w.as_fd()]
         .iter()
         .map(|f| id_of(*f))
@@ -683,7 +685,7 @@ fn successor_can_bind_as_soon_as_receive_returns() {
 fn failing_callback_is_not_confirmed() {
     let dir = short_tempdir();
     let path = dir.path().join("s");
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end = File::from(r);
     let after = Arc::new(AtomicBool::new(false));
     let a2 = after.clone();
@@ -762,7 +764,7 @@ fn client_error(frames: Vec<(Vec<u8>, Vec<OwnedFd>)>) -> PassError {
 #[test]
 fn malformed_servers_fail_the_client_and_every_fd_is_closed() {
     // Declares two descriptors, sends one.
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end = File::from(r);
     let err = client_error(vec![(header(1, 0, 2, 2, 0), vec![w])]);
     assert!(
@@ -778,10 +780,10 @@ fn malformed_servers_fail_the_client_and_every_fd_is_closed() {
     assert!(sees_eof(&mut read_end));
 
     // Descriptors in the middle of a frame (after a short first write).
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end = File::from(r);
     let h = header(1, 2, 1, 1, 4);
-    let (r2, w2) = rustix::pipe::pipe().unwrap();
+    let (r2, w2) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end2 = File::from(r2);
     let err = client_error(vec![(h, vec![w]), (b"ab".to_vec(), vec![w2])]);
     assert!(matches!(err, PassError::FdsOutOfPlace { .. }), "{err}");
@@ -789,14 +791,14 @@ fn malformed_servers_fail_the_client_and_every_fd_is_closed() {
     assert!(sees_eof(&mut read_end2));
 
     // An oversized metadata length is refused before anything is read.
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end = File::from(r);
     let err = client_error(vec![(header(1, 2, 1, 1, u32::MAX), vec![w])]);
     assert!(matches!(err, PassError::TooLarge { .. }), "{err}");
     assert!(sees_eof(&mut read_end));
 
     // A record cut short: EOF in the middle of its MORE_FDS frames.
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end = File::from(r);
     let err = client_error(vec![(header(1, 0, 1, 300, 0), vec![w])]);
     assert!(matches!(err, PassError::Closed { .. }), "{err}");
@@ -831,7 +833,7 @@ fn misbehaving_clients_do_not_block_others() {
     let half = UnixStream::connect(&path).unwrap();
     (&half).write_all(b"HOV").unwrap();
     // Descriptors with the hello: closed by the server.
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     let mut read_end = File::from(r);
     let with_fds = UnixStream::connect(&path).unwrap();
     {

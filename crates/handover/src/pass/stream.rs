@@ -146,18 +146,19 @@ fn write_frame(
     fds: &[BorrowedFd<'_>],
     deadline: Deadline,
 ) -> Result<(), PassError> {
+    const WAITING_FOR: &str = "the peer to read what was sent";
     let mut sent = 0;
     while sent < bytes.len() {
-        wait(
-            fd,
-            PollFlags::OUT,
-            deadline,
-            "the peer to read what was sent",
-        )?;
+        if Instant::now() >= deadline.at {
+            return Err(deadline.expired(WAITING_FOR));
+        }
+        // Try first; wait for room only when the socket buffer is full.
         let attach = if sent == 0 { fds } else { &[] };
         match send_nb(fd, &bytes[sent..], attach) {
             Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                wait(fd, PollFlags::OUT, deadline, WAITING_FOR)?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(write_error(e)),
         }
@@ -207,13 +208,20 @@ fn read_event(
             return Ok(None);
         }
         buf.resize(want, 0);
-        if let Err(e) = wait(fd, PollFlags::IN, deadline, waiting_for) {
+        if Instant::now() >= deadline.at {
             decoder.abort();
-            return Err(e);
+            return Err(deadline.expired(waiting_for));
         }
+        // Try first; wait for data only when there is none yet.
         let chunk = match recv_nb(fd, &mut buf[..want]) {
             Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = wait(fd, PollFlags::IN, deadline, waiting_for) {
+                    decoder.abort();
+                    return Err(e);
+                }
+                continue;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 decoder.abort();
