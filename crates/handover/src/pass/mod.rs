@@ -40,8 +40,8 @@
 //!
 //! Lower-level pieces: [`Sender`]/[`Receiver`] run one session on a connected
 //! std [`UnixStream`](std::os::unix::net::UnixStream) (and, with the `tokio`
-//! feature, [`AsyncSender`]/[`AsyncReceiver`] on a tokio one);
-//! [`wire`] encodes and decodes frames without any I/O.
+//! feature, `AsyncSender`/`AsyncReceiver` on a tokio one, and
+//! `receive_async`); [`wire`] encodes and decodes frames without any I/O.
 //!
 //! # Security
 //!
@@ -667,7 +667,6 @@ impl Received {
     /// Converts into `T` (for example `std::net::TcpListener`,
     /// `tokio::net::UdpSocket`, `std::fs::File`) after checking the kind; on
     /// a wrong kind the error names both, and the descriptor is closed.
-    #[allow(clippy::should_implement_trait)]
     pub fn into<T: FromFd>(self) -> Result<T, PassError> {
         T::from_fd(self.fd).map_err(|source| PassError::Convert {
             record: self.record,
@@ -822,6 +821,33 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("twice")
+        );
+    }
+
+    /// The session shown in the module docs, byte for byte.
+    #[test]
+    fn documented_example_bytes() {
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| format!("{x:02X}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(hex(&wire::hello(VERSION)), "48 4F 56 52 00 01 00 00");
+        let frames = wire::encode_record(1, &Meta::new().with("name", "http").into()).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].fds, 0..1);
+        assert_eq!(
+            hex(&frames[0].bytes),
+            "01 01 00 01 00 00 00 01 00 00 00 0B 04 6E 61 6D 65 00 04 68 74 74 70"
+        );
+        assert_eq!(
+            hex(&wire::encode_end(1)),
+            "03 00 00 00 00 00 00 01 00 00 00 00"
+        );
+        assert_eq!(
+            hex(&wire::encode_ack(1)),
+            "04 00 00 00 00 00 00 01 00 00 00 00"
         );
     }
 

@@ -25,7 +25,7 @@ const DEFAULT_MAX_SESSIONS: usize = 32;
 
 /// One step of what a server does for each allowed client.
 ///
-/// Implemented by the handlers of this module ([`listener`], [`file`],
+/// Implemented by the handlers of this module ([`listener`], [`file()`],
 /// [`fds`], [`callback`], [`confirm`], [`stop_serving`], [`sequence`]),
 /// by tuples of handlers (run in order), by `Vec<Box<dyn Handler>>`, and by
 /// any `Fn(&mut Session<'_>) -> Result<(), PassError>`.
@@ -147,7 +147,7 @@ impl<F: AsFd + Send + Sync + 'static> Handler for ListenerHandler<F> {
     }
 }
 
-/// Sends a file; see [`file`].
+/// Sends a file; see [`file()`].
 #[derive(Debug)]
 pub struct FileHandler<F> {
     fd: F,
