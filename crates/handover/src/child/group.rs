@@ -18,8 +18,8 @@ pub(super) fn parse_stat(stat: &[u8]) -> Option<(u8, i32)> {
     Some((state, pgrp))
 }
 
-/// How many processes of group `pgid`, other than `except`, are alive (not
-/// zombies). `None` when `/proc` cannot be read.
+/// How many processes of group `pgid`, other than `except`, are not zombies
+/// (a dying process counts until it is one). `None` when `/proc` cannot be read.
 pub(super) fn live_members(pgid: i32, except: Option<i32>) -> Option<usize> {
     let dir = std::fs::read_dir("/proc").ok()?;
     let mut count = 0;
@@ -38,7 +38,6 @@ pub(super) fn live_members(pgid: i32, except: Option<i32>) -> Option<usize> {
         if let Some((state, pgrp)) = parse_stat(&stat)
             && pgrp == pgid
             && state != b'Z'
-            && state != b'X'
         {
             count += 1;
         }

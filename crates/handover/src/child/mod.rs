@@ -16,8 +16,9 @@
 //! - **reload** ([`Child::reload`]): the reload signal (default `SIGHUP`)
 //!   after a random splay.
 //! - **kill** ([`Child::kill`]): a random splay in `[0, splay)`, the kill
-//!   signal (default `SIGTERM`) to the group, up to the kill timeout for the
-//!   group to leave, then `SIGKILL` to the whole group. Returns only once the
+//!   signal (default `SIGTERM`, followed by `SIGCONT` so that a stopped
+//!   process acts on it) to the group, up to the kill timeout for the group
+//!   to leave, then `SIGKILL` to the whole group. Returns only once the
 //!   child is gone and reaped.
 //! - **stop** ([`Child::stop`], [`Child::stop_immediately`]): kill, and
 //!   report the end as [`Report::Stopped`] instead of its exit status.
@@ -27,6 +28,12 @@
 //!
 //! Every state change is a `tracing` event carrying the child's `label`
 //! (`(dir) program args`) and `pid`.
+//!
+//! Spawning blocks briefly: until the program has been executed (or has
+//! failed to be, which gives a [`ChildError`] naming the program and the PATH
+//! searched, or the working directory). During a kill, the report arrives
+//! once the child has been reaped, which is after the rest of its group has
+//! left or been killed.
 //!
 //! ```
 //! use std::process::Command;
@@ -74,9 +81,12 @@
 //! same lock that every signal is sent under, so no signal ever goes to a
 //! reaped pid. During a kill the child is left a zombie while the rest of its
 //! group gets the kill timeout to leave, and the final `SIGKILL` to the group
-//! is sent while the zombie still pins the group id. Nothing else in this
-//! process may reap children: setting `SIGCHLD` to `SIG_IGN`, or calling
-//! `waitpid(-1)`, makes statuses unknowable ([`ExitStatus::Unknown`]).
+//! is sent while the zombie still pins the group id. After the child is
+//! reaped, its group is signalled again only while `/proc` shows live
+//! members in it (a group id cannot be reused while it has members). Nothing
+//! else in this process may reap children: setting `SIGCHLD` to `SIG_IGN`,
+//! or calling `waitpid(-1)`, makes statuses unknowable
+//! ([`ExitStatus::Unknown`]).
 //!
 //! Processes that leave the group (`setsid`, daemons that double-fork into a
 //! new session) cannot be tracked by a process group; a cgroup is the tool
@@ -84,6 +94,11 @@
 //! live on is reported at once; the members are left alone (a warning says
 //! so) until [`Child::kill`] or [`Child::stop`] is called, which `SIGKILL`s
 //! them.
+//!
+//! Members orphaned by the child's death go to init, or to the nearest
+//! subreaper. Where init does not reap (some containers and sandboxes), make
+//! the supervisor a subreaper (`PR_SET_CHILD_SUBREAPER`): a kill then reaps
+//! the members of the group it killed that became this process's children.
 
 mod command;
 mod group;
@@ -691,10 +706,8 @@ impl Shared {
         let _sequence = relock(self.sequence.lock());
         let mut st = self.lock();
         let mut group_killed = false;
-        if st.exit.is_none() {
-            if !immediately {
-                st = self.splay_wait(st, "killing");
-            }
+        if st.exit.is_none() && !immediately {
+            st = self.splay_wait(st, "killing");
         }
         if st.exit.is_none() {
             st.requested = true;
@@ -706,6 +719,11 @@ impl Shared {
                 if let Err(e) = self.send(&st, self.config.kill_signal) {
                     tracing::warn!(label = %self.label, pid = self.pid_u32(), error = %e,
                         "cannot send the kill signal; will send SIGKILL");
+                }
+                // A stopped process acts on the kill signal only once it is
+                // continued (systemd does the same).
+                if ![Signal::KILL, Signal::CONT].contains(&self.config.kill_signal) {
+                    let _ = self.send(&st, Signal::CONT);
                 }
             }
             // Graceful phase: the leader gets the timeout to exit, and once it
@@ -798,8 +816,13 @@ impl Shared {
                 return;
             }
             if group::live_members(pgid.as_raw_pid(), None) == Some(0) {
-                tracing::debug!(label = %self.label, pid = self.pid_u32(),
-                    "only zombies remain in the group; their parents reap them");
+                // All are zombies now, and the children of each were handed
+                // to their new parents when it exited: reap what is ours.
+                while let Ok(Some(_)) = rustix::process::waitpgid(pgid, WaitOptions::NOHANG) {}
+                if rustix::process::test_kill_process_group(pgid).is_ok() {
+                    tracing::debug!(label = %self.label, pid = self.pid_u32(),
+                        "only zombies of other parents remain in the group; they reap them");
+                }
                 return;
             }
             let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
@@ -847,7 +870,9 @@ impl Shared {
                 .wait_timeout_while(st, timeout, |s| s.exit.is_none()),
         )
         .0;
-        if st.exit.is_some() {
+        // Ended, or already being ended by a kill or stop (which finishes
+        // within its kill timeout).
+        if st.exit.is_some() || st.requested {
             return;
         }
         st.timed_out = true;

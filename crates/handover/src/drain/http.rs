@@ -47,7 +47,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Only HTTP/1.x is served (HTTP/2 has its own `GOAWAY` mechanism).
+//! Limits: only HTTP/1.x is served (HTTP/2 has its own `GOAWAY` mechanism),
+//! without upgrades (WebSocket). The grace makes the keep-alive close race
+//! rare, not impossible: a request whose first bytes reach the server at the
+//! very instant the grace ends still meets a closing connection, as with any
+//! HTTP/1.1 server that closes an idle connection; a client that retries a
+//! request failing before any response byte (as most do for idempotent
+//! requests) recovers.
 
 use std::future::Future;
 use std::io::{self, IoSlice};

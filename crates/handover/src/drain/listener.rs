@@ -91,8 +91,8 @@ fn accept_blocking<T>(
             Err(e) => return Err(e.into()),
         }
         if !fds[1].revents().is_empty() {
-            // Closed; checked at the top.
-            continue;
+            // The eventfd is only signalled by `close`.
+            return Err(closed_error());
         }
         // Readable (or in error, which `accept` reports). Count first, so
         // that a connection accepted while `close` runs is never missed.

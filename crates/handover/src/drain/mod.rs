@@ -66,8 +66,8 @@
 //!
 //! **Tokio** (feature `tokio`): the same [`Listener`] wraps
 //! `tokio::net::TcpListener` and `UnixListener`, with a cancel-safe `async`
-//! accept; [`Drain::wait_async`] and [`Drain::closed`] are the async
-//! counterparts. **HTTP** (feature `hyper`): [`http::serve_connection`]
+//! accept; `Drain::wait_async` and `Drain::closed` are the async
+//! counterparts. **HTTP** (feature `hyper`): `http::serve_connection`
 //! serves an HTTP/1.1 keep-alive connection so that draining loses no
 //! request.
 
@@ -449,7 +449,7 @@ pub struct StillOpen {
     pub waited: Duration,
 }
 
-/// Formats a duration for people: `250ms`, `2s`, `1.5s`.
+/// Formats a duration for people: `250ms`, `1.5s`, `2s`, `30s`.
 struct Secs(Duration);
 
 impl fmt::Display for Secs {
@@ -457,10 +457,14 @@ impl fmt::Display for Secs {
         let ms = self.0.as_millis();
         if ms < 1000 {
             write!(f, "{ms}ms")
-        } else if ms % 1000 < 50 || ms % 1000 >= 950 {
-            write!(f, "{}s", (ms + 500) / 1000)
+        } else if ms < 9_950 {
+            let tenths = (ms + 50) / 100;
+            match tenths % 10 {
+                0 => write!(f, "{}s", tenths / 10),
+                t => write!(f, "{}.{t}s", tenths / 10),
+            }
         } else {
-            write!(f, "{:.1}s", ms as f64 / 1000.0)
+            write!(f, "{}s", (ms + 500) / 1000)
         }
     }
 }
@@ -546,5 +550,8 @@ mod tests {
         assert_eq!(Secs(Duration::from_millis(250)).to_string(), "250ms");
         assert_eq!(Secs(Duration::from_millis(1500)).to_string(), "1.5s");
         assert_eq!(Secs(Duration::from_millis(1999)).to_string(), "2s");
+        assert_eq!(Secs(Duration::from_millis(2040)).to_string(), "2s");
+        assert_eq!(Secs(Duration::from_millis(9_960)).to_string(), "10s");
+        assert_eq!(Secs(Duration::from_millis(30_450)).to_string(), "30s");
     }
 }

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""A plain HTTP/1.1 server in another language, for `handover run`.
+
+It knows nothing of handover: it speaks only the environment protocols,
+LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES (its sockets are fds 3..) and
+NOTIFY_SOCKET (it sends READY=1 when it serves). On SIGTERM it drains: stops
+accepting (queued connections stay for the next generation), answers the
+next request on each keep-alive connection with `Connection: close`, closes
+connections idle for longer than GRACE seconds, and exits when all are done.
+
+Every answer's body is `pid=<its pid>` and a newline; the header X-Fd-Names
+says which names it received. SIGUSR1 writes a file `usr1-<pid>` into
+$SERVER_MARK_DIR (to check handover forwards signals).
+"""
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+GRACE = float(os.environ.get("SERVER_IDLE_GRACE", "1.0"))
+draining = threading.Event()
+lock = threading.Lock()
+active = set()
+
+
+def listen_fds():
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        sys.exit("server.py: LISTEN_PID is not this process; start me under handover run")
+    n = int(os.environ.get("LISTEN_FDS", "0"))
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    return names, [socket.socket(fileno=3 + i) for i in range(n)]
+
+
+def notify(message):
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.sendto(message.encode(), path)
+    finally:
+        s.close()
+
+
+def serve(conn, fdnames):
+    conn.settimeout(0.1)
+    buf = b""
+    idle_since = time.monotonic()
+    try:
+        while True:
+            if b"\r\n\r\n" not in buf:
+                try:
+                    data = conn.recv(65536)
+                except socket.timeout:
+                    if draining.is_set() and not buf and time.monotonic() - idle_since > GRACE:
+                        return
+                    continue
+                if not data:
+                    return
+                buf += data
+                continue
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            close = draining.is_set() or b"connection: close" in head.lower()
+            body = ("pid=%d\n" % os.getpid()).encode()
+            headers = "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Fd-Names: %s\r\n%s\r\n" % (
+                len(body),
+                fdnames,
+                "Connection: close\r\n" if close else "",
+            )
+            conn.sendall(headers.encode() + body)
+            if close:
+                return
+            idle_since = time.monotonic()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+        with lock:
+            active.discard(threading.current_thread())
+
+
+def on_usr1(signum, frame):
+    d = os.environ.get("SERVER_MARK_DIR")
+    if d:
+        open(os.path.join(d, "usr1-%d" % os.getpid()), "w").close()
+
+
+def main():
+    names, socks = listen_fds()
+    fdnames = ":".join(names)
+    for s in socks:
+        # O_NONBLOCK is shared by every generation holding the socket; all
+        # generations of this server use it the same way.
+        s.setblocking(False)
+    signal.signal(signal.SIGTERM, lambda *_: draining.set())
+    signal.signal(signal.SIGUSR1, on_usr1)
+    notify("READY=1\nSTATUS=serving")
+    while not draining.is_set():
+        try:
+            ready, _, _ = select.select(socks, [], [], 0.1)
+        except InterruptedError:
+            continue
+        for s in ready:
+            if draining.is_set():
+                break
+            try:
+                conn, _ = s.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            conn.setblocking(True)
+            t = threading.Thread(target=serve, args=(conn, fdnames), daemon=True)
+            with lock:
+                active.add(t)
+            t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            if not active:
+                break
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+//! Helpers for end-to-end tests of the `handover` binary: start it in a
+//! private temporary directory, talk to it, and kill everything it started
+//! when the test ends, however it ends.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// The `handover` binary under test.
+pub fn handover_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_handover")
+}
+
+/// The Python test server's source.
+pub const SERVER_PY: &str = include_str!("../servers/server.py");
+
+/// A free TCP port on 127.0.0.1 (bound then released: a test that needs
+/// the port number before handover binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `handover run`. Kills it, and every generation it reported,
+/// on drop.
+pub struct Handover {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub control: PathBuf,
+    pub addr: SocketAddr,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    seen_pids: Mutex<Vec<u32>>,
+}
+
+/// What to run and how.
+pub struct Setup {
+    /// Extra `handover run` options.
+    pub options: Vec<String>,
+    /// The program (after `--`); `None`: the Python server through a
+    /// wrapper script that obeys `<dir>/mode` (ok, crash, hang).
+    pub program: Option<Vec<String>>,
+    /// Environment for handover (and so its generations).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            options: Vec::new(),
+            program: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Writes the Python server and its mode wrapper into `dir`; returns the
+/// wrapper's path. The wrapper reads `<dir>/mode` at every start: `ok` runs
+/// the server, `crash` prints to stderr and exits 3, `hang` never becomes
+/// ready.
+pub fn write_server(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("server.py"), SERVER_PY).unwrap();
+    std::fs::write(dir.join("mode"), "ok").unwrap();
+    let wrapper = dir.join("serve.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$(cat '{d}/mode')\" in\n  crash) echo 'boom: bad config on line 7' >&2; exit 3;;\n  hang) exec sleep 60;;\nesac\nexec python3 '{d}/server.py'\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+impl Handover {
+    /// Starts `handover run --bind http=tcp://127.0.0.1:0` and waits until
+    /// its first generation serves.
+    pub fn start(setup: Setup) -> Handover {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("ctl.sock");
+        let program = setup
+            .program
+            .unwrap_or_else(|| vec![write_server(dir.path()).display().to_string()]);
+        let mut cmd = Command::new(handover_bin());
+        cmd.arg("run")
+            .args(["--bind", "http=tcp://127.0.0.1:0", "--control"])
+            .arg(&control)
+            .args(&setup.options)
+            .arg("--")
+            .args(&program)
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("SERVER_MARK_DIR", dir.path())
+            .env("RUST_LOG", "info")
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().unwrap();
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut h = Handover {
+            dir,
+            child,
+            control,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            stderr,
+            seen_pids: Mutex::new(Vec::new()),
+        };
+        let status = h.wait_status(Duration::from_secs(30));
+        let address = status["sockets"][0]["address"].as_str().unwrap().to_string();
+        h.addr = address.strip_prefix("tcp://").unwrap().parse().unwrap();
+        h
+    }
+
+    /// `handover status --json`, parsed; waits until it answers.
+    pub fn wait_status(&mut self, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("handover exited ({s}) before serving:\n{}", self.log());
+            }
+            let out = self.cli(&["status", "--json"]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {:?}", out.stdout));
+                self.remember(&v);
+                return v;
+            }
+            assert!(Instant::now() < deadline, "handover never answered:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn remember(&self, status: &serde_json::Value) {
+        let mut seen = self.seen_pids.lock().unwrap();
+        for g in status["generations"].as_array().into_iter().flatten() {
+            if let Some(pid) = g["pid"].as_u64() {
+                let pid = pid as u32;
+                if !seen.contains(&pid) {
+                    seen.push(pid);
+                }
+            }
+        }
+    }
+
+    /// Runs `handover ARGS --control <this>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(handover_bin())
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            self.remember(&v);
+        }
+        out
+    }
+
+    /// The current generation's pid.
+    pub fn current_pid(&mut self) -> u32 {
+        let s = self.wait_status(Duration::from_secs(10));
+        s["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["current"] == true)
+            .and_then(|g| g["pid"].as_u64())
+            .expect("no current generation") as u32
+    }
+
+    /// All generation pids listed in status.
+    pub fn generation_pids(&mut self) -> Vec<u32> {
+        let s = self.wait_status(Duration::from_secs(10));
+        s["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|g| g["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+
+    /// `handover reload`: (success, stdout, stderr).
+    pub fn reload(&self) -> (bool, String, String) {
+        let out = self.cli(&["reload"]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sets the Python server wrapper's mode for the next start.
+    pub fn set_mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("mode"), mode).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        rustix::process::kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), sig).unwrap();
+    }
+
+    /// Waits for handover to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "handover did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for &pid in self.seen_pids.lock().unwrap().iter() {
+            if let Some(p) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process_group(p, Signal::KILL);
+                let _ = rustix::process::kill_process(p, Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Whether `pid` is gone (or at most a zombie).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')),
+    }
+}
+
+/// Zombie children of `pid`.
+pub fn zombie_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(t.path().join("children")) else { continue };
+        for c in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            if std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Open descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits until `f` is true.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
