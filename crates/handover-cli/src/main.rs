@@ -1,11 +1,11 @@
 //! The `handover` command: zero-downtime restarts for servers in any
 //! language.
 
-mod control;
 mod demo;
-mod duration;
 mod run;
 mod verify;
+
+use handover_cli::{control, duration};
 
 use std::ffi::OsString;
 use std::path::PathBuf;
