@@ -691,7 +691,14 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        for bad in ["-1", "", "1x", "99999999999999999999", "2147483645", "1048577"] {
+        for bad in [
+            "-1",
+            "",
+            "1x",
+            "99999999999999999999",
+            "2147483645",
+            "1048577",
+        ] {
             let e = parse_env(vars(Some("7"), Some(bad), None), 7)
                 .unwrap_err()
                 .to_string();

@@ -154,7 +154,9 @@ fn host_port(text: &str, rest: &str, resolve: bool) -> Result<SocketAddr, Addres
         ));
     }
     if !resolve {
-        return Err(err(format!("the host {host:?} is a name, and names are not resolved here")));
+        return Err(err(format!(
+            "the host {host:?} is a name, and names are not resolved here"
+        )));
     }
     // Resolve names such as localhost; take the first address.
     let mut addrs = rest
@@ -472,13 +474,23 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["tcp://127.0.0.1:80", "udp://[::1]:53", "unix:/tmp/a", "unix:////&x"] {
+        for s in [
+            "tcp://127.0.0.1:80",
+            "udp://[::1]:53",
+            "unix:/tmp/a",
+            "unix:////&x",
+        ] {
             let a = Address::parse_literal(s).unwrap();
             assert_eq!(a.to_string(), s);
             assert_eq!(Address::parse_literal(&a.to_string()).unwrap(), a);
         }
         // Names are resolved by FromStr only.
-        assert!(Address::parse_literal("tcp://localhost:80").unwrap_err().to_string().contains("not resolved"));
+        assert!(
+            Address::parse_literal("tcp://localhost:80")
+                .unwrap_err()
+                .to_string()
+                .contains("not resolved")
+        );
     }
 
     #[test]
