@@ -346,18 +346,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Hear the generations.
     tokio::spawn(listen_notify(shared.clone(), notify));
 
-    // The first generation: failing here is failing to start.
-    if let Err(e) = reload_once(&shared, false, &mut Vec::new()).await {
-        return Err(format!("the first generation did not start: {e}"));
-    }
-    let _ = shared.systemd.notify(&[Sd::Ready, Sd::Status("serving")]);
-
-    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Incoming>(64);
-    tokio::spawn(control::serve(control_listener, ctrl_tx));
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
-    let reloader = tokio::spawn(reload_loop(shared.clone(), reload_tx.clone(), reload_rx));
-    let reaper = start_reaper(shared.clone());
-
+    // Signal handlers first: from here on SIGHUP and SIGTERM are ours (their
+    // default actions would kill handover and orphan a starting generation).
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |k: SignalKind| signal(k).map_err(|e| format!("installing a signal handler: {e}"));
     let mut hup = sig(SignalKind::hangup())?;
@@ -372,8 +362,28 @@ pub async fn run(config: Config) -> Result<(), String> {
     ] {
         forwarded.push((sig(kind)?, signal));
     }
+
+    // The first generation: failing here is failing to start. SIGTERM or
+    // SIGINT meanwhile stops whatever was started, through the stop path.
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Incoming>(64);
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
     let mut stop_replies = Vec::new();
-    loop {
+    let mut no_replies = Vec::new();
+    let mut stopping = tokio::select! {
+        r = reload_once(&shared, false, &mut no_replies) => match r {
+            Ok(_) => false,
+            Err(e) => return Err(format!("the first generation did not start: {e}")),
+        },
+        _ = term.recv() => { tracing::info!("SIGTERM during start-up: stopping"); true }
+        _ = int.recv() => { tracing::info!("SIGINT during start-up: stopping"); true }
+    };
+    if !stopping {
+        let _ = shared.systemd.notify(&[Sd::Ready, Sd::Status("serving")]);
+        tokio::spawn(control::serve(control_listener, ctrl_tx));
+    }
+    let reloader = tokio::spawn(reload_loop(shared.clone(), reload_tx.clone(), reload_rx));
+    let reaper = start_reaper(shared.clone());
+    while !stopping {
         let forward = async {
             let futs = forwarded.iter_mut().map(|(s, sig)| {
                 let sig = *sig;
@@ -389,8 +399,8 @@ pub async fn run(config: Config) -> Result<(), String> {
                 tracing::info!("SIGHUP: reload requested");
                 let _ = reload_tx.send(ReloadRequest { reply: None, restart: false });
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); stopping = true; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); stopping = true; }
             sig = forward => {
                 let current = current_child(&shared);
                 match current {
@@ -406,7 +416,7 @@ pub async fn run(config: Config) -> Result<(), String> {
                     let _ = reload_tx.send(ReloadRequest { reply: Some(incoming.reply), restart: false });
                 }
                 Request::Status => { let _ = incoming.reply.send(status(&shared)); }
-                Request::Stop => { stop_replies.push((incoming.reply, incoming.written)); break; }
+                Request::Stop => { stop_replies.push((incoming.reply, incoming.written)); stopping = true; }
             },
             Some(event) = events_rx.recv() => handle_event(&shared, event, &reload_tx),
         }

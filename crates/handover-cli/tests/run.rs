@@ -506,3 +506,72 @@ fn bad_input_gets_clear_errors() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("Is `handover run` running"));
 }
+
+#[test]
+fn signals_during_start_up_leave_no_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = support::write_server(dir.path());
+    std::fs::write(dir.path().join("mode"), "hang").unwrap();
+    let mut child = Command::new(support::handover_bin())
+        .args([
+            "run",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--ready-timeout",
+            "60s",
+            "--control",
+        ])
+        .arg(dir.path().join("c.sock"))
+        .arg("--")
+        .arg(&wrapper)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let children = || support::children_of(pid);
+    wait_until(
+        "the first generation is started",
+        Duration::from_secs(20),
+        || !children().is_empty(),
+    );
+    let generation = children()[0];
+    let sig = |s| {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), s)
+            .unwrap()
+    };
+    // SIGHUP while starting: not fatal.
+    sig(rustix::process::Signal::HUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP during start-up killed handover"
+    );
+    // SIGTERM while starting: the starting generation is stopped with it.
+    sig(rustix::process::Signal::TERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handover did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _guard = Kill(child);
+    assert!(status.success(), "{status}");
+    wait_until(
+        "the starting generation is gone",
+        Duration::from_secs(5),
+        || gone(generation),
+    );
+}
