@@ -916,8 +916,14 @@ struct Event {
 }
 
 impl Event {
+    /// The state; a panic elsewhere while holding the lock leaves it
+    /// consistent (every update is one assignment), so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, (bool, BTreeMap<u64, Waker>, u64)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         s.0 = true;
         for (_, w) in std::mem::take(&mut s.1) {
             w.wake();
@@ -926,11 +932,11 @@ impl Event {
     }
 
     fn is_set(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.lock().0
     }
 
     fn next_id(&self) -> u64 {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         s.2 += 1;
         s.2
     }
@@ -954,7 +960,7 @@ impl ExitSignal {
     /// Blocks until a successor is ready.
     pub fn wait(&self) {
         let ev = &self.inner.exit;
-        let mut s = ev.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = ev.lock();
         while !s.0 {
             s = ev.cond.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -963,7 +969,7 @@ impl ExitSignal {
     /// Blocks up to `timeout`; `true` when a successor is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let ev = &self.inner.exit;
-        let s = ev.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = ev.lock();
         let (s, _) = ev
             .cond
             .wait_timeout_while(s, timeout, |s| !s.0)
@@ -981,12 +987,7 @@ impl Future for ExitSignal {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut s = self
-            .inner
-            .exit
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.exit.lock();
         if s.0 {
             s.1.remove(&self.id);
             return Poll::Ready(());
@@ -998,12 +999,7 @@ impl Future for ExitSignal {
 
 impl Drop for ExitSignal {
     fn drop(&mut self) {
-        let mut s = self
-            .inner
-            .exit
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.exit.lock();
         s.1.remove(&self.id);
     }
 }
