@@ -30,8 +30,10 @@ const ARGS: &str = "HANDOVER_TEST_ARGS";
 
 #[test]
 fn child_role() {
-    if std::env::var(ROLE).as_deref() != Ok("upgrade_http") {
-        return;
+    match std::env::var(ROLE).as_deref() {
+        Ok("upgrade_http") => {}
+        Ok("signals_first") => return signals_first_role(),
+        _ => return,
     }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -449,4 +451,120 @@ fn a_long_request_in_flight_completes_on_the_old_process() {
     let report = load.stop();
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
     assert!(report.pids.contains_key(&new));
+}
+
+/// A server that installs its signal handlers, becomes ready, and only a
+/// second later runs the loop: a SIGHUP in that second must neither kill it
+/// nor be lost.
+fn signals_first_role() {
+    use handover::drain::Drain;
+    use handover::upgrade::{Options, RunOptions, Upgrader};
+    let pid_file = std::env::var("HANDOVER_TEST_PID_FILE").unwrap();
+    let up = Upgrader::new(Options::default().pid_file(pid_file)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _l: tokio::net::TcpListener = up
+            .listen("http", &"tcp://127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let drain = Drain::new();
+        let signals = up.signals().unwrap();
+        up.ready().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signals
+            .run(
+                &drain,
+                RunOptions::default().drain_timeout(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_sighup_right_after_ready_is_handled_not_fatal() {
+    // Found by the benchmarks: a deploy script that upgrades twice in a row
+    // signals the new pid as soon as the pid file names it, before the
+    // ready-made loop runs. Handlers installed by signals() before ready()
+    // keep it alive, and the upgrade it asked for still happens.
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE, "signals_first")
+    .env("HANDOVER_TEST_PID_FILE", &pid_file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut a = Activation::new();
+    a.fd("http", listener.as_fd()).unwrap();
+    let mut first = a.spawn(cmd).unwrap();
+    struct Kill(Vec<u32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for &p in &self.0 {
+                let _ =
+                    rustix::process::kill_process(Pid::from_raw(p as i32).unwrap(), Signal::KILL);
+                reap(p, Duration::from_millis(200));
+            }
+        }
+    }
+    let mut guard = Kill(vec![first.id()]);
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_pid() != Some(first.id()) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rustix::process::kill_process(Pid::from_raw(first.id() as i32).unwrap(), Signal::HUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "SIGHUP right after ready() killed the process"
+    );
+    // Once the loop runs, the buffered SIGHUP starts the upgrade.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match read_pid() {
+            Some(p) if p != first.id() => break p,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the SIGHUP was lost: no upgrade happened"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    guard.0.push(new);
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn a_failed_upgrade_restores_the_pid_file() {
+    let server = Server::start("--ready-timeout 5");
+    let first = server.current().unwrap();
+    // A "new version" that announces itself in the pid file, then fails.
+    let pid_file = server.pid_file();
+    server.deploy(&server.script(
+        "liar",
+        &format!("echo $$ > '{}'; exit 3", pid_file.display()),
+    ));
+    server.hup();
+    server.wait_log(
+        "exited with code 3 before it was ready",
+        Duration::from_secs(30),
+    );
+    server.wait_pid_file(first, Duration::from_secs(10));
 }
