@@ -119,7 +119,11 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
         let tx = tx.clone();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tokio::spawn(async move {
-                let _ = answer(stream, &error_answer("busy: too many control clients, try again")).await;
+                let _ = answer(
+                    stream,
+                    &error_answer("busy: too many control clients, try again"),
+                )
+                .await;
             });
             continue;
         };
@@ -168,7 +172,15 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
                 let (reply, rx) = oneshot::channel();
                 let (done, written) = oneshot::channel();
                 done_tx = Some(done);
-                if tx.send(Incoming { request, reply, written }).await.is_err() {
+                if tx
+                    .send(Incoming {
+                        request,
+                        reply,
+                        written,
+                    })
+                    .await
+                    .is_err()
+                {
                     error_answer("handover is shutting down")
                 } else {
                     rx.await
@@ -211,16 +223,22 @@ pub fn request(path: &Path, request: Request, timeout: Duration) -> Result<Answe
     let mut reader = std::io::BufReader::new(s);
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             format!("no answer from handover within {timeout:?}")
         } else {
             format!("reading the answer: {e}")
         }
     })?;
     if answer.is_empty() {
-        return Err("handover closed the connection without an answer (was this user refused?)".into());
+        return Err(
+            "handover closed the connection without an answer (was this user refused?)".into(),
+        );
     }
-    serde_json::from_str(&answer).map_err(|e| format!("handover's answer is not JSON ({e}): {answer}"))
+    serde_json::from_str(&answer)
+        .map_err(|e| format!("handover's answer is not JSON ({e}): {answer}"))
 }
 
 /// The default control socket path: `$XDG_RUNTIME_DIR/handover/control.sock`,
@@ -234,7 +252,10 @@ pub fn default_path() -> PathBuf {
 pub fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("handover"),
-        _ => PathBuf::from(format!("/tmp/handover-{}", rustix::process::getuid().as_raw())),
+        _ => PathBuf::from(format!(
+            "/tmp/handover-{}",
+            rustix::process::getuid().as_raw()
+        )),
     }
 }
 
@@ -242,7 +263,11 @@ pub fn runtime_dir() -> PathBuf {
 /// user or open to others.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
@@ -271,11 +296,20 @@ mod tests {
 
     #[test]
     fn requests_parse() {
-        assert_eq!(parse_request(b"{\"cmd\":\"reload\"}\n").unwrap(), Request::Reload);
-        assert_eq!(parse_request(b" {\"cmd\":\"status\"} ").unwrap(), Request::Status);
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"reload\"}\n").unwrap(),
+            Request::Reload
+        );
+        assert_eq!(
+            parse_request(b" {\"cmd\":\"status\"} ").unwrap(),
+            Request::Status
+        );
         for bad in [&b"reload"[..], b"{\"cmd\":\"explode\"}", b"\xff", b""] {
             let e = parse_request(bad).unwrap_err();
-            assert!(e.contains("expected one JSON object") || e.contains("UTF-8"), "{e}");
+            assert!(
+                e.contains("expected one JSON object") || e.contains("UTF-8"),
+                "{e}"
+            );
         }
     }
 
@@ -295,7 +329,9 @@ mod tests {
         tokio::spawn(serve(listener, tx));
         tokio::spawn(async move {
             while let Some(i) = rx.recv().await {
-                let _ = i.reply.send(serde_json::json!({"ok": true, "echo": format!("{:?}", i.request)}));
+                let _ = i
+                    .reply
+                    .send(serde_json::json!({"ok": true, "echo": format!("{:?}", i.request)}));
             }
         });
         // A slow-loris client holds a connection open without a newline.
@@ -303,10 +339,12 @@ mod tests {
         slow.write_all(b"{\"cmd\":").await.unwrap();
         // Meanwhile good and bad clients are answered at once.
         let p = path.clone();
-        let ok = tokio::task::spawn_blocking(move || request(&p, Request::Status, Duration::from_secs(5)))
-            .await
-            .unwrap()
-            .unwrap();
+        let ok = tokio::task::spawn_blocking(move || {
+            request(&p, Request::Status, Duration::from_secs(5))
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(ok["ok"], true);
         let mut garbage = UnixStream::connect(&path).await.unwrap();
         garbage.write_all(b"not json\n").await.unwrap();
@@ -320,14 +358,20 @@ mod tests {
         assert!(buf.contains("longer than 4096"), "{buf}");
         // The slow client gets a timeout answer eventually.
         let mut buf = String::new();
-        tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), BufReader::new(slow).read_line(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(
+            REQUEST_TIMEOUT + Duration::from_secs(5),
+            BufReader::new(slow).read_line(&mut buf),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert!(buf.contains("no complete request within"), "{buf}");
         // Mode 0600.
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // A second instance at the same path is refused.
         let e = bind(&path).unwrap_err();
         assert!(e.contains("another handover instance is serving at"), "{e}");

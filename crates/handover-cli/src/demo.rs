@@ -75,16 +75,28 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     control::ensure_private_dir(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
     let ctl = dir.join("control.sock");
-    println!("handover demo: starting `handover run` with the built-in server on 127.0.0.1 (a free port)");
+    println!(
+        "handover demo: starting `handover run` with the built-in server on 127.0.0.1 (a free port)"
+    );
     let mut cmd = Command::new(&exe);
-    cmd.args(["--log-level", "warn", "run", "--bind", "http=tcp://127.0.0.1:0", "--control"])
-        .arg(&ctl)
-        .args(["--stop-timeout", "15s", "--"])
-        .arg(&exe)
-        .arg("demo-server")
-        .env("XDG_RUNTIME_DIR", &dir)
-        .stdin(Stdio::null());
-    let mut supervisor = Supervisor(cmd.spawn().map_err(|e| format!("starting handover run: {e}"))?);
+    cmd.args([
+        "--log-level",
+        "warn",
+        "run",
+        "--bind",
+        "http=tcp://127.0.0.1:0",
+        "--control",
+    ])
+    .arg(&ctl)
+    .args(["--stop-timeout", "15s", "--"])
+    .arg(&exe)
+    .arg("demo-server")
+    .env("XDG_RUNTIME_DIR", &dir)
+    .stdin(Stdio::null());
+    let mut supervisor = Supervisor(
+        cmd.spawn()
+            .map_err(|e| format!("starting handover run: {e}"))?,
+    );
     let status = wait_status(&ctl, &mut supervisor.0, Duration::from_secs(20))?;
     let address = status["sockets"][0]["address"]
         .as_str()
@@ -97,7 +109,10 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         supervisor.0.id()
     );
     let mut all_passed = true;
-    for (mode, name) in [(Mode::NewConnection, "a new connection per request"), (Mode::KeepAlive, "keep-alive connections")] {
+    for (mode, name) in [
+        (Mode::NewConnection, "a new connection per request"),
+        (Mode::KeepAlive, "keep-alive connections"),
+    ] {
         println!(
             "== {} clients, {name}, for {}, reloading every {}",
             args.connections,
@@ -106,14 +121,20 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         );
         let mut load = LoadConfig::new(address, mode);
         load.connections = args.connections;
-        let cfg = VerifyConfig::new(load, args.duration)
-            .with_reloads(args.reload_every, verify::control_trigger(ctl.clone(), Duration::from_secs(60)));
+        let cfg = VerifyConfig::new(load, args.duration).with_reloads(
+            args.reload_every,
+            verify::control_trigger(ctl.clone(), Duration::from_secs(60)),
+        );
         let report = handover_verify::verify(cfg).map_err(|e| e.to_string())?;
         print!("{}", report.render_table());
         let took: Vec<String> = report
             .reloads
             .iter()
-            .map(|r| r.ready_after.map(|d| format!("{}ms", d.as_millis())).unwrap_or_else(|| "-".into()))
+            .map(|r| {
+                r.ready_after
+                    .map(|d| format!("{}ms", d.as_millis()))
+                    .unwrap_or_else(|| "-".into())
+            })
             .collect();
         println!(
             "served {} requests, {} failed; {} reload(s){}\n",
@@ -144,17 +165,25 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     Ok(all_passed)
 }
 
-fn wait_status(ctl: &Path, supervisor: &mut Child, timeout: Duration) -> Result<serde_json::Value, String> {
+fn wait_status(
+    ctl: &Path,
+    supervisor: &mut Child,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = supervisor.try_wait() {
-            return Err(format!("handover run exited before it was serving ({status}); see its errors above"));
+            return Err(format!(
+                "handover run exited before it was serving ({status}); see its errors above"
+            ));
         }
         match control::request(ctl, control::Request::Status, Duration::from_secs(5)) {
             Ok(a) if a["ok"] == true => return Ok(a),
             Ok(a) => return Err(format!("handover run: {}", a["error"])),
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!("handover run did not come up within {timeout:?}: {e}"));
+                return Err(format!(
+                    "handover run did not come up within {timeout:?}: {e}"
+                ));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -170,7 +199,10 @@ impl Drop for RemoveDir {
 }
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from(format!("pid={}\n", std::process::id())))))
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "pid={}\n",
+        std::process::id()
+    )))))
 }
 
 /// The built-in server: takes its socket from LISTEN_FDS, says READY=1 on
@@ -208,7 +240,13 @@ fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
                         Ok((io, _)) => {
                             let (drain, http) = (drain.clone(), http.clone());
                             tokio::spawn(async move {
-                                let _ = serve_connection(io, hyper::service::service_fn(hello), &drain, &http).await;
+                                let _ = serve_connection(
+                                    io,
+                                    hyper::service::service_fn(hello),
+                                    &drain,
+                                    &http,
+                                )
+                                .await;
                             });
                         }
                         Err(e) if is_closed_error(&e) => break,

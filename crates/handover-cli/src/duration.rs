@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest duration accepted, in seconds.
+const MAX_SECS: f64 = 1e9;
+
 /// Parses a duration: one or more `<number><unit>` parts, units `ms`, `s`,
 /// `m`, `h` (and `us`); a bare `0` is zero.
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -18,7 +21,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+        let digits = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
         if digits == 0 {
             return Err(bad("a number is missing"));
         }
@@ -39,8 +45,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             other => return Err(bad(&format!("{other:?} is not a unit (ms, s, m or h)"))),
         };
         let secs = number * scale;
-        if !secs.is_finite() || secs > 1e9 {
-            return Err(bad("it is too long"));
+        if !secs.is_finite() || secs > MAX_SECS || total.as_secs_f64() + secs > MAX_SECS {
+            return Err(bad("it is too long (at most about 31 years)"));
         }
         total += Duration::from_secs_f64(secs);
     }
@@ -77,6 +83,8 @@ mod tests {
         assert_eq!(parse("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse("0").unwrap(), Duration::ZERO);
+        // Found by fuzzing: parts that are each fine but sum past the limit.
+        assert!(parse("900000000s900000000s").is_err());
         for bad in ["", "5", "s", "3 parsecs", "-1s", "1e9h", "5x"] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains("Write it like 500ms"), "{bad}: {e}");

@@ -1,11 +1,11 @@
 //! The `handover` command: zero-downtime restarts for servers in any
 //! language.
 
-mod control;
 mod demo;
-mod duration;
 mod run;
 mod verify;
+
+use handover_cli::{control, duration};
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -22,7 +22,13 @@ use handover::child::{Signal, parse_signal};
 /// starts a new generation on the same sockets, waits until it is ready,
 /// then stops the old one: no connection is refused or reset.
 #[derive(Parser)]
-#[command(name = "handover", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "handover",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -260,7 +266,10 @@ fn cmd_run(args: RunArgs) -> ExitCode {
         orphan_signal: args.orphan_signal.0,
         max_backoff: args.max_backoff,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("handover: cannot start the runtime: {e}");
@@ -299,7 +308,11 @@ fn cmd_control(
 }
 
 fn render_status(a: &serde_json::Value) -> String {
-    let mut out = format!("handover pid {}  program: {}\n", a["pid"], join(&a["program"]));
+    let mut out = format!(
+        "handover pid {}  program: {}\n",
+        a["pid"],
+        join(&a["program"])
+    );
     out.push_str("sockets:\n");
     for s in a["sockets"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -321,7 +334,11 @@ fn render_status(a: &serde_json::Value) -> String {
                 .map(|m| format!("{m:.0}ms"))
                 .unwrap_or_else(|| "-".into()),
             g["status"].as_str().unwrap_or(""),
-            if g["current"] == true { "  (current)" } else { "" },
+            if g["current"] == true {
+                "  (current)"
+            } else {
+                ""
+            },
         ));
     }
     out.push_str(&format!(

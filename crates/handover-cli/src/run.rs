@@ -52,7 +52,10 @@ impl std::str::FromStr for ReadyMode {
             duration::parse(d).map(ReadyMode::Delay)
         } else if let Some(c) = s.strip_prefix("exec:") {
             if c.trim().is_empty() {
-                Err("exec: needs a command, like exec:'curl -fs http://127.0.0.1:8080/health'".into())
+                Err(
+                    "exec: needs a command, like exec:'curl -fs http://127.0.0.1:8080/health'"
+                        .into(),
+                )
             } else {
                 Ok(ReadyMode::Exec(c.to_string()))
             }
@@ -343,18 +346,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Hear the generations.
     tokio::spawn(listen_notify(shared.clone(), notify));
 
-    // The first generation: failing here is failing to start.
-    if let Err(e) = reload_once(&shared, false, &mut Vec::new()).await {
-        return Err(format!("the first generation did not start: {e}"));
-    }
-    let _ = shared.systemd.notify(&[Sd::Ready, Sd::Status("serving")]);
-
-    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Incoming>(64);
-    tokio::spawn(control::serve(control_listener, ctrl_tx));
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
-    let reloader = tokio::spawn(reload_loop(shared.clone(), reload_tx.clone(), reload_rx));
-    let reaper = start_reaper(shared.clone());
-
+    // Signal handlers first: from here on SIGHUP and SIGTERM are ours (their
+    // default actions would kill handover and orphan a starting generation).
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |k: SignalKind| signal(k).map_err(|e| format!("installing a signal handler: {e}"));
     let mut hup = sig(SignalKind::hangup())?;
@@ -369,8 +362,28 @@ pub async fn run(config: Config) -> Result<(), String> {
     ] {
         forwarded.push((sig(kind)?, signal));
     }
+
+    // The first generation: failing here is failing to start. SIGTERM or
+    // SIGINT meanwhile stops whatever was started, through the stop path.
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Incoming>(64);
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
     let mut stop_replies = Vec::new();
-    loop {
+    let mut no_replies = Vec::new();
+    let mut stopping = tokio::select! {
+        r = reload_once(&shared, false, &mut no_replies) => match r {
+            Ok(_) => false,
+            Err(e) => return Err(format!("the first generation did not start: {e}")),
+        },
+        _ = term.recv() => { tracing::info!("SIGTERM during start-up: stopping"); true }
+        _ = int.recv() => { tracing::info!("SIGINT during start-up: stopping"); true }
+    };
+    if !stopping {
+        let _ = shared.systemd.notify(&[Sd::Ready, Sd::Status("serving")]);
+        tokio::spawn(control::serve(control_listener, ctrl_tx));
+    }
+    let reloader = tokio::spawn(reload_loop(shared.clone(), reload_tx.clone(), reload_rx));
+    let reaper = start_reaper(shared.clone());
+    while !stopping {
         let forward = async {
             let futs = forwarded.iter_mut().map(|(s, sig)| {
                 let sig = *sig;
@@ -386,8 +399,8 @@ pub async fn run(config: Config) -> Result<(), String> {
                 tracing::info!("SIGHUP: reload requested");
                 let _ = reload_tx.send(ReloadRequest { reply: None, restart: false });
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); stopping = true; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); stopping = true; }
             sig = forward => {
                 let current = current_child(&shared);
                 match current {
@@ -403,7 +416,7 @@ pub async fn run(config: Config) -> Result<(), String> {
                     let _ = reload_tx.send(ReloadRequest { reply: Some(incoming.reply), restart: false });
                 }
                 Request::Status => { let _ = incoming.reply.send(status(&shared)); }
-                Request::Stop => { stop_replies.push((incoming.reply, incoming.written)); break; }
+                Request::Stop => { stop_replies.push((incoming.reply, incoming.written)); stopping = true; }
             },
             Some(event) = events_rx.recv() => handle_event(&shared, event, &reload_tx),
         }
@@ -454,10 +467,17 @@ fn hurry(children: &[Arc<Child>]) {
 
 fn current_child(shared: &Shared) -> Option<Arc<Child>> {
     let id = (*lock(&shared.current))?;
-    lock(&shared.gens).iter().find(|g| g.id == id).map(|g| g.child.clone())
+    lock(&shared.gens)
+        .iter()
+        .find(|g| g.id == id)
+        .map(|g| g.child.clone())
 }
 
-fn handle_event(shared: &Arc<Shared>, event: Event, reload_tx: &mpsc::UnboundedSender<ReloadRequest>) {
+fn handle_event(
+    shared: &Arc<Shared>,
+    event: Event,
+    reload_tx: &mpsc::UnboundedSender<ReloadRequest>,
+) {
     let Event::Exited { id, report } = event;
     let Report::Exited(exit) = report else {
         return; // stopped by us: nothing to report
@@ -469,7 +489,10 @@ fn handle_event(shared: &Arc<Shared>, event: Event, reload_tx: &mpsc::UnboundedS
     *current = None;
     drop(current);
     let mut gens = lock(&shared.gens);
-    let gen_info = gens.iter().find(|g| g.id == id).map(|g| (g.pid, g.stderr.clone(), g.started));
+    let gen_info = gens
+        .iter()
+        .find(|g| g.id == id)
+        .map(|g| (g.pid, g.stderr.clone(), g.started));
     gens.retain(|g| g.id != id);
     drop(gens);
     if let Some((pid, stderr, started)) = gen_info {
@@ -544,7 +567,8 @@ async fn reload_loop(
 
 fn backoff(attempt: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(100);
-    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(max)
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// One reload: start a generation, wait until it is ready, make it current,
@@ -611,7 +635,13 @@ async fn reload_once(
     }
 }
 
-fn record_reload(shared: &Shared, ok: bool, started: Instant, pid: Option<u32>, error: Option<String>) {
+fn record_reload(
+    shared: &Shared,
+    ok: bool,
+    started: Instant,
+    pid: Option<u32>,
+    error: Option<String>,
+) {
     let mut st = lock(&shared.stats);
     st.reloads += 1;
     if !ok {
@@ -625,7 +655,10 @@ fn record_reload(shared: &Shared, ok: bool, started: Instant, pid: Option<u32>, 
 
 /// Stops generation `id` (stop signal, stop timeout, SIGKILL) and forgets it.
 async fn stop_generation(shared: &Arc<Shared>, id: u64) {
-    let child = lock(&shared.gens).iter().find(|g| g.id == id).map(|g| g.child.clone());
+    let child = lock(&shared.gens)
+        .iter()
+        .find(|g| g.id == id)
+        .map(|g| g.child.clone());
     if let Some(child) = child {
         let exit = child.stop_async().await;
         tracing::info!(generation = id, pid = child.pid(), status = %exit, "old generation is gone");
@@ -655,7 +688,9 @@ async fn start_generation(shared: &Arc<Shared>) -> Result<(u64, u32, Duration), 
         .stderr(Stdio::piped());
     let mut activation = Activation::new();
     for s in &shared.sockets {
-        activation.fd(&s.name, s.fd.as_fd()).map_err(|e| e.to_string())?;
+        activation
+            .fd(&s.name, s.fd.as_fd())
+            .map_err(|e| e.to_string())?;
     }
     let (ready_tx, mut ready_rx) = watch::channel(false);
     let stderr = Arc::new(StderrTail::default());
@@ -674,7 +709,11 @@ async fn start_generation(shared: &Arc<Shared>) -> Result<(u64, u32, Duration), 
         Arc::new(child)
     };
     let pid = child.pid();
-    tracing::info!(generation = id, pid, "started a new generation; waiting until it is ready");
+    tracing::info!(
+        generation = id,
+        pid,
+        "started a new generation; waiting until it is ready"
+    );
     lock(&shared.gens).push(Gen {
         id,
         child: child.clone(),
@@ -828,7 +867,10 @@ async fn listen_notify(shared: Arc<Shared>, sock: handover::notify::AsyncNotifyS
             .iter_mut()
             .find(|g| g.pid == pid || (pgid.is_some() && g.child.pgid() == pgid))
         else {
-            tracing::debug!(pid, "a notify message from a process that is not a generation; ignored");
+            tracing::debug!(
+                pid,
+                "a notify message from a process that is not a generation; ignored"
+            );
             continue;
         };
         g.notified = true;
@@ -909,10 +951,17 @@ fn start_reaper(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
 
 fn reap_orphans(shared: &Shared) {
     let managed = lock(&shared.managed);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
     for task in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
-        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             if managed.contains(&pid) {
                 continue;
             }
@@ -950,7 +999,9 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Resolves to the first of `futs` to finish.
-async fn futures_select_all<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) -> F::Output {
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futs: impl Iterator<Item = F>,
+) -> F::Output {
     let mut futs: Vec<F> = futs.collect();
     std::future::poll_fn(move |cx| {
         for f in futs.iter_mut() {
@@ -983,10 +1034,21 @@ mod tests {
     #[test]
     fn ready_modes() {
         assert_eq!("notify".parse::<ReadyMode>().unwrap(), ReadyMode::Notify);
-        assert_eq!("delay:2s".parse::<ReadyMode>().unwrap(), ReadyMode::Delay(Duration::from_secs(2)));
-        assert_eq!("exec:true".parse::<ReadyMode>().unwrap(), ReadyMode::Exec("true".into()));
+        assert_eq!(
+            "delay:2s".parse::<ReadyMode>().unwrap(),
+            ReadyMode::Delay(Duration::from_secs(2))
+        );
+        assert_eq!(
+            "exec:true".parse::<ReadyMode>().unwrap(),
+            ReadyMode::Exec("true".into())
+        );
         assert!("exec:".parse::<ReadyMode>().is_err());
-        assert!("soon".parse::<ReadyMode>().unwrap_err().contains("expected notify"));
+        assert!(
+            "soon"
+                .parse::<ReadyMode>()
+                .unwrap_err()
+                .contains("expected notify")
+        );
     }
 
     #[test]
@@ -997,7 +1059,18 @@ mod tests {
         assert_eq!(b.name, "unknown");
         let b: Bind = "unix:/tmp/a=b".parse().unwrap();
         assert_eq!(b.address, Address::Unix("/tmp/a=b".into()));
-        assert!("bad name=tcp://x".parse::<Bind>().is_ok());
+        assert!(
+            "web=tcp://x"
+                .parse::<Bind>()
+                .unwrap_err()
+                .contains("port is missing")
+        );
+        assert!(
+            "a\tb=tcp://127.0.0.1:1"
+                .parse::<Bind>()
+                .unwrap_err()
+                .contains("not a socket name")
+        );
         assert!("tcp://127.0.0.1".parse::<Bind>().is_err());
     }
 

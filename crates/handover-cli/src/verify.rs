@@ -31,7 +31,12 @@ pub struct VerifyArgs {
 
     /// Reload by sending this signal to the pid in --pid-file (read anew
     /// each time).
-    #[arg(long, value_name = "SIGNAL", requires = "pid_file", conflicts_with = "command")]
+    #[arg(
+        long,
+        value_name = "SIGNAL",
+        requires = "pid_file",
+        conflicts_with = "command"
+    )]
     signal: Option<String>,
 
     /// The pid file for --signal.
@@ -117,7 +122,11 @@ pub fn main(args: VerifyArgs) -> ExitCode {
 
 fn run(args: &VerifyArgs) -> Result<bool, String> {
     let addr = resolve(&args.addr)?;
-    let mode = if args.keep_alive { Mode::KeepAlive } else { Mode::NewConnection };
+    let mode = if args.keep_alive {
+        Mode::KeepAlive
+    } else {
+        Mode::NewConnection
+    };
     let mut load = LoadConfig::new(addr, mode);
     load.connections = args.connections;
     load.path = args.path.clone();
@@ -130,13 +139,18 @@ fn run(args: &VerifyArgs) -> Result<bool, String> {
         (Some(_), None) => {
             return Err("--reload-every needs a way to reload: --control PATH, --signal SIG --pid-file PATH, or --command CMD".into());
         }
-        (None, Some(_)) => return Err("a reload trigger was given without --reload-every DURATION".into()),
+        (None, Some(_)) => {
+            return Err("a reload trigger was given without --reload-every DURATION".into());
+        }
     }
     cfg.ready_timeout = args.ready_timeout;
     cfg.progress = !args.json && handover_verify::stderr_is_terminal();
     let report = handover_verify::verify(cfg).map_err(|e| e.to_string())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
     } else {
         print!("{}", report.render_table());
         println!(

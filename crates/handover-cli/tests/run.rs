@@ -18,14 +18,22 @@ fn twenty_reloads(mode: Mode) {
     let mut cfg = LoadConfig::new(h.addr, mode);
     cfg.connections = 8;
     let load = Load::start(cfg).unwrap();
-    assert!(load.wait_for_ok(50, Duration::from_secs(30)), "no load got through:\n{}", h.log());
+    assert!(
+        load.wait_for_ok(50, Duration::from_secs(30)),
+        "no load got through:\n{}",
+        h.log()
+    );
     let mut pids = vec![h.current_pid()];
     let fds_after_first = {
         let (ok, out, err) = h.reload();
         assert!(ok, "reload 1 failed: {out}{err}\n{}", h.log());
         pids.push(h.current_pid());
         // Measured once the old generation (and its stderr pipe) is gone.
-        wait_until("the first generation is gone", Duration::from_secs(30), || gone(pids[0]));
+        wait_until(
+            "the first generation is gone",
+            Duration::from_secs(30),
+            || gone(pids[0]),
+        );
         std::thread::sleep(Duration::from_millis(200));
         support::fd_count(h.pid())
     };
@@ -40,7 +48,13 @@ fn twenty_reloads(mode: Mode) {
         assert!(h.generation_pids().len() <= 2);
     }
     let seen = load.pids_seen();
-    let new = load.wait_for_new_pid(&(seen.difference(&BTreeSet::from([pids[20]])).copied().collect()), Duration::from_secs(10));
+    let new = load.wait_for_new_pid(
+        &(seen
+            .difference(&BTreeSet::from([pids[20]]))
+            .copied()
+            .collect()),
+        Duration::from_secs(10),
+    );
     assert!(new.is_some() || load.pids_seen().contains(&pids[20]));
     assert!(load.wait_for_ok(load.snapshot().ok + 50, Duration::from_secs(30)));
     let report = load.stop();
@@ -57,13 +71,18 @@ fn twenty_reloads(mode: Mode) {
         pids[..20].iter().all(|&p| gone(p)) && h.generation_pids().len() == 1
     });
     for &p in &pids[..20] {
-        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "{p} was not reaped");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "{p} was not reaped"
+        );
     }
     assert!(zombie_children(h.pid()).is_empty());
     // handover leaks no descriptors across reloads.
-    wait_until("handover's fd count is back to where it was after the first reload", Duration::from_secs(10), || {
-        support::fd_count(h.pid()) == fds_after_first
-    });
+    wait_until(
+        "handover's fd count is back to where it was after the first reload",
+        Duration::from_secs(10),
+        || support::fd_count(h.pid()) == fds_after_first,
+    );
 }
 
 #[test]
@@ -91,15 +110,24 @@ fn a_crashing_or_hanging_new_generation_is_rolled_back() {
     h.set_mode("crash");
     let (ok, _, err) = h.reload();
     assert!(!ok, "a crashing generation must fail the reload");
-    assert!(err.contains("exited before it was ready: it exited with code 3"), "{err}");
-    assert!(err.contains("boom: bad config on line 7"), "the stderr tail is missing: {err}");
+    assert!(
+        err.contains("exited before it was ready: it exited with code 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("boom: bad config on line 7"),
+        "the stderr tail is missing: {err}"
+    );
 
     h.set_mode("hang");
     let (ok, _, err) = h.reload();
     assert!(!ok);
     assert!(err.contains("was not ready within 2s"), "{err}");
     assert!(err.contains("never wrote to NOTIFY_SOCKET"), "{err}");
-    assert!(err.contains("delay:DURATION") && err.contains("exec:COMMAND"), "{err}");
+    assert!(
+        err.contains("delay:DURATION") && err.contains("exec:COMMAND"),
+        "{err}"
+    );
 
     // The old generation served throughout, alone.
     assert_eq!(h.current_pid(), first);
@@ -111,7 +139,13 @@ fn a_crashing_or_hanging_new_generation_is_rolled_back() {
     let (ok, out, err) = h.reload();
     assert!(ok, "{out}{err}");
     let report = load.stop();
-    assert_eq!(report.failures_total(), 0, "{}\n{}", report.render_table(), h.log());
+    assert_eq!(
+        report.failures_total(),
+        0,
+        "{}\n{}",
+        report.render_table(),
+        h.log()
+    );
     let status = h.wait_status(Duration::from_secs(5));
     assert_eq!(status["failed_reloads"], 2);
     assert_eq!(status["last_reload"]["ok"], true);
@@ -126,7 +160,10 @@ fn a_crashed_generation_is_restarted() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    h.wait_log("the current generation died on its own", Duration::from_secs(10));
+    h.wait_log(
+        "the current generation died on its own",
+        Duration::from_secs(10),
+    );
     wait_until("a new generation serves", Duration::from_secs(30), || {
         let s = h.wait_status(Duration::from_secs(5));
         s["generations"]
@@ -140,7 +177,8 @@ fn a_crashed_generation_is_restarted() {
     // And it answers.
     let mut s = TcpStream::connect(h.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.contains("pid="), "{out}");
@@ -152,12 +190,19 @@ fn signals_are_forwarded_and_sigterm_stops_gracefully() {
     let pid = h.current_pid();
     h.signal(rustix::process::Signal::USR1);
     let mark = h.dir.path().join(format!("usr1-{pid}"));
-    wait_until("the generation got SIGUSR1", Duration::from_secs(10), || mark.exists());
+    wait_until(
+        "the generation got SIGUSR1",
+        Duration::from_secs(10),
+        || mark.exists(),
+    );
     h.signal(rustix::process::Signal::TERM);
     let status = h.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}\n{}", h.log());
     assert!(gone(pid));
-    assert!(!h.control.exists(), "the control socket file is left behind");
+    assert!(
+        !h.control.exists(),
+        "the control socket file is left behind"
+    );
 }
 
 #[test]
@@ -165,7 +210,11 @@ fn handover_stop_drains_and_exits() {
     let mut h = Handover::start(Setup::default());
     let pid = h.current_pid();
     let out = h.cli(&["stop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped");
     assert!(h.wait_exit(Duration::from_secs(30)).success());
     assert!(gone(pid));
@@ -183,7 +232,10 @@ fn status_json_is_valid_and_complete() {
     assert!(s["generations"][0]["ready_after_ms"].as_f64().unwrap() > 0.0);
     let table = h.cli(&["status"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("(current)") && text.contains("http"), "{text}");
+    assert!(
+        text.contains("(current)") && text.contains("http"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -211,7 +263,13 @@ fn reload_requests_during_a_reload_are_coalesced() {
     for o in [&a, &b, &c] {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let gen_of = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).unwrap().to_string();
+    let gen_of = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
     assert_ne!(gen_of(&a), gen_of(&b));
     assert_eq!(gen_of(&b), gen_of(&c), "B and C were not coalesced");
     let s = h.wait_status(Duration::from_secs(5));
@@ -221,8 +279,14 @@ fn reload_requests_during_a_reload_are_coalesced() {
 
 #[test]
 fn under_systemd_socket_activation_the_socket_is_passed_on_by_name() {
-    if Command::new("systemd-socket-activate").arg("--version").output().is_err() {
-        panic!("systemd-socket-activate is missing: install Debian's systemd package (.ci/run does)");
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "systemd-socket-activate is missing: install Debian's systemd package (.ci/run does)"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let server = support::write_server(dir.path());
@@ -231,10 +295,18 @@ fn under_systemd_socket_activation_the_socket_is_passed_on_by_name() {
     let control = dir.path().join("ctl.sock");
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=web"])
-        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.env_value().to_string_lossy()))
+        .arg(format!(
+            "--setenv=NOTIFY_SOCKET={}",
+            notify.env_value().to_string_lossy()
+        ))
         .arg(format!("--setenv=XDG_RUNTIME_DIR={}", dir.path().display()))
         .arg(support::handover_bin())
-        .args(["run", "--bind", &format!("web=tcp://127.0.0.1:{port}"), "--control"])
+        .args([
+            "run",
+            "--bind",
+            &format!("web=tcp://127.0.0.1:{port}"),
+            "--control",
+        ])
         .arg(&control)
         .arg("--")
         .arg(&server)
@@ -293,19 +365,29 @@ fn under_systemd_socket_activation_the_socket_is_passed_on_by_name() {
         .arg(&control)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(child);
 }
 
 #[test]
 fn every_subcommand_explains_its_options_and_defaults() {
     for sub in ["run", "reload", "status", "stop", "verify", "demo"] {
-        let out = Command::new(support::handover_bin()).args([sub, "--help"]).output().unwrap();
+        let out = Command::new(support::handover_bin())
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{sub} --help failed");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage: handover"), "{sub}: {text}");
     }
-    let run = Command::new(support::handover_bin()).args(["run", "--help"]).output().unwrap();
+    let run = Command::new(support::handover_bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&run.stdout);
     for needle in [
         "[default: notify]",
@@ -318,23 +400,71 @@ fn every_subcommand_explains_its_options_and_defaults() {
         "delay:DURATION",
         "exec:COMMAND",
     ] {
-        assert!(text.contains(needle), "run --help lacks {needle:?}:\n{text}");
+        assert!(
+            text.contains(needle),
+            "run --help lacks {needle:?}:\n{text}"
+        );
     }
-    let v = Command::new(support::handover_bin()).arg("--version").output().unwrap();
+    let v = Command::new(support::handover_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("handover "));
 }
 
 #[test]
 fn bad_input_gets_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "--bind", "tcp://127.0.0.1", "--", "true"], "a port is missing"),
-        (&["run", "--bind", "http://x:1", "--", "true"], "is not one of tcp, udp, unix"),
-        (&["run", "--ready", "soon", "--bind", "tcp://127.0.0.1:0", "--", "true"], "expected notify"),
-        (&["run", "--stop-signal", "SIGNOPE", "--bind", "tcp://127.0.0.1:0", "--", "true"], "SIGNOPE"),
-        (&["run", "--ready-timeout", "5", "--bind", "tcp://127.0.0.1:0", "--", "true"], "Write it like 500ms"),
+        (
+            &["run", "--bind", "tcp://127.0.0.1", "--", "true"],
+            "a port is missing",
+        ),
+        (
+            &["run", "--bind", "http://x:1", "--", "true"],
+            "is not one of tcp, udp, unix",
+        ),
+        (
+            &[
+                "run",
+                "--ready",
+                "soon",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--",
+                "true",
+            ],
+            "expected notify",
+        ),
+        (
+            &[
+                "run",
+                "--stop-signal",
+                "SIGNOPE",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--",
+                "true",
+            ],
+            "SIGNOPE",
+        ),
+        (
+            &[
+                "run",
+                "--ready-timeout",
+                "5",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--",
+                "true",
+            ],
+            "Write it like 500ms",
+        ),
     ];
     for (args, needle) in cases {
-        let out = Command::new(support::handover_bin()).args(*args).output().unwrap();
+        let out = Command::new(support::handover_bin())
+            .args(*args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -344,7 +474,12 @@ fn bad_input_gets_clear_errors() {
     let port = l.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(support::handover_bin())
-        .args(["run", "--bind", &format!("tcp://127.0.0.1:{port}"), "--control"])
+        .args([
+            "run",
+            "--bind",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--control",
+        ])
         .arg(dir.path().join("c.sock"))
         .args(["--", "true"])
         .env("XDG_RUNTIME_DIR", dir.path())
@@ -370,4 +505,73 @@ fn bad_input_gets_clear_errors() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("Is `handover run` running"));
+}
+
+#[test]
+fn signals_during_start_up_leave_no_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = support::write_server(dir.path());
+    std::fs::write(dir.path().join("mode"), "hang").unwrap();
+    let mut child = Command::new(support::handover_bin())
+        .args([
+            "run",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--ready-timeout",
+            "60s",
+            "--control",
+        ])
+        .arg(dir.path().join("c.sock"))
+        .arg("--")
+        .arg(&wrapper)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let children = || support::children_of(pid);
+    wait_until(
+        "the first generation is started",
+        Duration::from_secs(20),
+        || !children().is_empty(),
+    );
+    let generation = children()[0];
+    let sig = |s| {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), s)
+            .unwrap()
+    };
+    // SIGHUP while starting: not fatal.
+    sig(rustix::process::Signal::HUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP during start-up killed handover"
+    );
+    // SIGTERM while starting: the starting generation is stopped with it.
+    sig(rustix::process::Signal::TERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handover did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _guard = Kill(child);
+    assert!(status.success(), "{status}");
+    wait_until(
+        "the starting generation is gone",
+        Duration::from_secs(5),
+        || gone(generation),
+    );
 }

@@ -94,7 +94,8 @@ impl Args {
             }
         }
         Ok(Args {
-            listen: listen.ok_or("--listen ADDR is required (for example --listen 127.0.0.1:8080)")?,
+            listen: listen
+                .ok_or("--listen ADDR is required (for example --listen 127.0.0.1:8080)")?,
             pid_file,
             ready_timeout: Duration::from_secs_f64(ready),
             drain_timeout: Duration::from_secs_f64(drain),
@@ -134,6 +135,16 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let http = HttpOptions::default().with_idle_grace(args.idle_grace);
         let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);
+        // Signal handlers before ready(): once the pid file names this
+        // process, a SIGHUP may come at once, and without a handler its
+        // default action would kill us.
+        let signals = upgrader.signals()?;
+        // Ready before accepting. If ready() fails (the pid file cannot be
+        // written, say), this process exits having accepted nothing, and the
+        // old one, which accepts until it hears "ready", serves everything:
+        // a rolled-back upgrade loses no connection. Connections that arrive
+        // meanwhile wait in the accept queue.
+        upgrader.ready()?;
         let accepting = {
             let drain = drain.clone();
             tokio::spawn(async move {
@@ -157,10 +168,12 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
         };
-        upgrader.ready()?;
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
-        let outcome = upgrader
-            .run(&drain, RunOptions::default().drain_timeout(args.drain_timeout))
+        let outcome = signals
+            .run(
+                &drain,
+                RunOptions::default().drain_timeout(args.drain_timeout),
+            )
             .await?;
         let _ = accepting.await;
         tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");

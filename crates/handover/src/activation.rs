@@ -80,6 +80,11 @@ pub const UNKNOWN_NAME: &str = "unknown";
 /// The longest name the protocol allows.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The most descriptors `LISTEN_FDS` may announce: Linux's default limit on
+/// open files per process (`fs.nr_open`). A larger count cannot be real,
+/// and believing it would make the parser allocate without bound.
+pub const MAX_LISTEN_FDS: usize = 1 << 20;
+
 /// Errors of socket activation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -234,11 +239,11 @@ pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, Activati
         return Ok(Vec::new());
     };
     let count = parse_decimal(fds)
-        .filter(|&n| n <= (i32::MAX - LISTEN_FDS_START) as u64)
+        .filter(|&n| n <= MAX_LISTEN_FDS as u64)
         .ok_or_else(|| ActivationError::BadVariable {
             var: "LISTEN_FDS",
             value: lossy(fds),
-            expected: "a count of descriptors (a decimal integer from 0 to 2147483644)",
+            expected: "a count of descriptors (a decimal integer from 0 to 1048576)",
             hint: "Fix the program that started this one, or unset LISTEN_FDS.",
         })? as usize;
     if count == 0 {
@@ -686,7 +691,14 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        for bad in ["-1", "", "1x", "99999999999999999999", "2147483645"] {
+        for bad in [
+            "-1",
+            "",
+            "1x",
+            "99999999999999999999",
+            "2147483645",
+            "1048577",
+        ] {
             let e = parse_env(vars(Some("7"), Some(bad), None), 7)
                 .unwrap_err()
                 .to_string();

@@ -127,7 +127,7 @@ impl fmt::Display for Address {
     }
 }
 
-fn host_port(text: &str, rest: &str) -> Result<SocketAddr, AddressError> {
+fn host_port(text: &str, rest: &str, resolve: bool) -> Result<SocketAddr, AddressError> {
     let err = |why: String| AddressError::Parse {
         text: text.to_string(),
         why,
@@ -153,6 +153,11 @@ fn host_port(text: &str, rest: &str) -> Result<SocketAddr, AddressError> {
             "an IPv6 host must be in brackets, like [::1]:8080".into()
         ));
     }
+    if !resolve {
+        return Err(err(format!(
+            "the host {host:?} is a name, and names are not resolved here"
+        )));
+    }
     // Resolve names such as localhost; take the first address.
     let mut addrs = rest
         .to_socket_addrs()
@@ -165,7 +170,21 @@ fn host_port(text: &str, rest: &str) -> Result<SocketAddr, AddressError> {
 impl FromStr for Address {
     type Err = AddressError;
 
+    /// Parses an address; a host name (such as `localhost`) is resolved to
+    /// its first address.
     fn from_str(text: &str) -> Result<Address, AddressError> {
+        Address::parse(text, true)
+    }
+}
+
+impl Address {
+    /// Parses an address without resolving host names (a name is an
+    /// error): for untrusted input, and for fuzzing.
+    pub fn parse_literal(text: &str) -> Result<Address, AddressError> {
+        Address::parse(text, false)
+    }
+
+    fn parse(text: &str, resolve: bool) -> Result<Address, AddressError> {
         let err = |why: &str| AddressError::Parse {
             text: text.to_string(),
             why: why.to_string(),
@@ -174,15 +193,14 @@ impl FromStr for Address {
             return Err(err("it is empty"));
         }
         if let Some(rest) = text.strip_prefix("tcp://") {
-            return host_port(text, rest).map(Address::Tcp);
+            return host_port(text, rest, resolve).map(Address::Tcp);
         }
         if let Some(rest) = text.strip_prefix("udp://") {
-            return host_port(text, rest).map(Address::Udp);
+            return host_port(text, rest, resolve).map(Address::Udp);
         }
-        if let Some(rest) = text
-            .strip_prefix("unix://")
-            .or_else(|| text.strip_prefix("unix:"))
-        {
+        // Only `unix:PATH`: also accepting `unix://` would make a path that
+        // starts with `//` print as text that parses to another path.
+        if let Some(rest) = text.strip_prefix("unix:") {
             if rest.is_empty() {
                 return Err(err("the path is empty"));
             }
@@ -196,7 +214,7 @@ impl FromStr for Address {
                 "the scheme {scheme:?} is not one of tcp, udp, unix"
             )));
         }
-        host_port(text, text).map(Address::Tcp)
+        host_port(text, text, resolve).map(Address::Tcp)
     }
 }
 
@@ -456,9 +474,23 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["tcp://127.0.0.1:80", "udp://[::1]:53", "unix:/tmp/a"] {
-            assert_eq!(s.parse::<Address>().unwrap().to_string(), s);
+        for s in [
+            "tcp://127.0.0.1:80",
+            "udp://[::1]:53",
+            "unix:/tmp/a",
+            "unix:////&x",
+        ] {
+            let a = Address::parse_literal(s).unwrap();
+            assert_eq!(a.to_string(), s);
+            assert_eq!(Address::parse_literal(&a.to_string()).unwrap(), a);
         }
+        // Names are resolved by FromStr only.
+        assert!(
+            Address::parse_literal("tcp://localhost:80")
+                .unwrap_err()
+                .to_string()
+                .contains("not resolved")
+        );
     }
 
     #[test]

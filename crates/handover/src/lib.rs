@@ -11,6 +11,7 @@
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
+//! | [`pass`] | descriptors with metadata between unrelated processes over a Unix socket |
 //! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
@@ -24,6 +25,7 @@ pub mod address;
 pub mod child;
 pub mod drain;
 pub mod notify;
+pub mod pass;
 pub mod socket;
 mod sys;
 pub mod upgrade;

@@ -129,7 +129,13 @@ pub(crate) struct ExecImage {
     /// Index in `envp` of the `LISTEN_PID=` entry, whose digits are
     /// written after fork.
     pid_entry: usize,
+    /// For a file without `#!` (`ENOEXEC`), run it with `/bin/sh` as
+    /// `execvp` does: `["/bin/sh", <path>, args..., NULL]`, where slot 1 is
+    /// filled in the child with the path that failed.
+    sh_argv: Vec<*const libc::c_char>,
 }
+
+const SH: &std::ffi::CStr = c"/bin/sh";
 
 /// The `LISTEN_PID=` entry is this prefix, then room for 20 digits.
 const PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -164,11 +170,16 @@ impl ExecImage {
         pid.extend_from_slice(&[b'0'; 20]);
         entries.push(pid);
         let envp = CArray::new(entries)?;
+        let mut sh_argv = Vec::with_capacity(argv.ptrs.len() + 1);
+        sh_argv.push(SH.as_ptr());
+        sh_argv.push(std::ptr::null());
+        sh_argv.extend_from_slice(&argv.ptrs[1..]);
         Ok(ExecImage {
             candidates,
             argv,
             envp,
             pid_entry,
+            sh_argv,
         })
     }
 
@@ -194,9 +205,21 @@ impl ExecImage {
                     self.envp.ptrs.as_ptr(),
                 )
             };
-            let e = io::Error::last_os_error()
+            let mut e = io::Error::last_os_error()
                 .raw_os_error()
                 .unwrap_or(libc::ENOENT);
+            if e == libc::ENOEXEC {
+                // A script without `#!`: the shell runs it, as execvp does.
+                self.sh_argv[1] = path.as_ptr();
+                // SAFETY: as above; `sh_argv` is NULL-terminated and points
+                // into `SH`, `path` and the argv arena, all alive.
+                unsafe {
+                    libc::execve(SH.as_ptr(), self.sh_argv.as_ptr(), self.envp.ptrs.as_ptr())
+                };
+                e = io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::ENOEXEC);
+            }
             match e {
                 // Keep looking, as execvp does.
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}

@@ -573,6 +573,17 @@ impl Upgrader {
             Err(e) => {
                 drop(st);
                 tracing::warn!(error = %e, "upgrade failed");
+                // The new process may have written the pid file before it
+                // failed: it names this process again.
+                if let Some(p) = &self.inner.options.pid_file
+                    && std::fs::read_to_string(p)
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                        != Some(std::process::id().to_string())
+                    && let Err(e) = write_pid_file(p, std::process::id())
+                {
+                    tracing::warn!(error = %e, "could not restore the pid file");
+                }
                 let status = format!("upgrade failed: {e}");
                 let status: String = status.chars().filter(|c| *c != '\n').collect();
                 let _ = self
@@ -916,8 +927,14 @@ struct Event {
 }
 
 impl Event {
+    /// The state; a panic elsewhere while holding the lock leaves it
+    /// consistent (every update is one assignment), so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, (bool, BTreeMap<u64, Waker>, u64)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         s.0 = true;
         for (_, w) in std::mem::take(&mut s.1) {
             w.wake();
@@ -926,11 +943,11 @@ impl Event {
     }
 
     fn is_set(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.lock().0
     }
 
     fn next_id(&self) -> u64 {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         s.2 += 1;
         s.2
     }
@@ -954,7 +971,7 @@ impl ExitSignal {
     /// Blocks until a successor is ready.
     pub fn wait(&self) {
         let ev = &self.inner.exit;
-        let mut s = ev.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = ev.lock();
         while !s.0 {
             s = ev.cond.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -963,7 +980,7 @@ impl ExitSignal {
     /// Blocks up to `timeout`; `true` when a successor is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let ev = &self.inner.exit;
-        let s = ev.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = ev.lock();
         let (s, _) = ev
             .cond
             .wait_timeout_while(s, timeout, |s| !s.0)
@@ -981,12 +998,7 @@ impl Future for ExitSignal {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut s = self
-            .inner
-            .exit
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.exit.lock();
         if s.0 {
             s.1.remove(&self.id);
             return Poll::Ready(());
@@ -998,12 +1010,7 @@ impl Future for ExitSignal {
 
 impl Drop for ExitSignal {
     fn drop(&mut self) {
-        let mut s = self
-            .inner
-            .exit
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.exit.lock();
         s.1.remove(&self.id);
     }
 }
@@ -1108,21 +1115,75 @@ impl RunOptions {
     }
 }
 
+/// The signal handlers of the ready-made loop, installed by
+/// [`Upgrader::signals`].
 #[cfg(feature = "tokio")]
-impl Upgrader {
+#[derive(Debug)]
+pub struct Signals {
+    upgrader: Upgrader,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(feature = "tokio")]
+impl Signals {
     /// The ready-made loop: SIGHUP or SIGUSR2 start an upgrade (a failure is
     /// logged and service goes on; a signal during an upgrade is refused
     /// and logged); when a successor is ready, or on SIGTERM/SIGINT, closes
     /// `drain` (stop accepting) and waits for its connections up to the drain
     /// timeout; a second SIGTERM/SIGINT while draining returns at once.
     ///
-    /// Call it after [`ready`](Self::ready), from inside a tokio runtime.
-    /// On SIGTERM/SIGINT it also calls [`stop`](Self::stop).
+    /// Call it after [`Upgrader::ready`]. On SIGTERM/SIGINT it also calls
+    /// [`Upgrader::stop`].
     pub async fn run(
-        &self,
+        mut self,
         drain: &crate::drain::Drain,
         options: RunOptions,
     ) -> Result<RunOutcome, UpgradeError> {
+        let up = self.upgrader.clone();
+        let mut exit_signal = up.exit();
+        let exit = loop {
+            tokio::select! {
+                _ = self.hup.recv() => up.spawn_upgrade("SIGHUP"),
+                _ = self.usr2.recv() => up.spawn_upgrade("SIGUSR2"),
+                _ = &mut exit_signal => break Exit::Upgraded,
+                _ = self.term.recv() => break Exit::Terminated,
+                _ = self.int.recv() => break Exit::Terminated,
+            }
+        };
+        tracing::info!(?exit, timeout = ?options.drain_timeout, "draining");
+        if exit == Exit::Terminated {
+            let _ = up.inner.notifier.notify(&[NotifyState::Stopping]);
+        }
+        drain.close();
+        let drained = tokio::select! {
+            r = drain.wait_async(options.drain_timeout) => r,
+            _ = self.term.recv() => drain.wait_async(Duration::ZERO).await,
+            _ = self.int.recv() => drain.wait_async(Duration::ZERO).await,
+        };
+        match &drained {
+            Ok(()) => tracing::info!("drained: every connection finished"),
+            Err(e) => tracing::warn!(error = %e, "exiting with connections still open"),
+        }
+        if exit == Exit::Terminated {
+            up.stop();
+        }
+        Ok(RunOutcome { exit, drained })
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Upgrader {
+    /// Installs the handlers of the ready-made loop (SIGHUP, SIGUSR2,
+    /// SIGTERM, SIGINT) now, from inside a tokio runtime; run the loop with
+    /// [`Signals::run`].
+    ///
+    /// Call this *before* [`ready`](Self::ready): once the pid file names
+    /// this process, someone may send it SIGHUP at once, and until a handler
+    /// exists SIGHUP's default action would kill it.
+    pub fn signals(&self) -> Result<Signals, UpgradeError> {
         use tokio::signal::unix::{SignalKind, signal};
         let sig = |k| {
             signal(k).map_err(|source| UpgradeError::Io {
@@ -1130,49 +1191,39 @@ impl Upgrader {
                 source,
             })
         };
-        let (mut hup, mut usr2) = (sig(SignalKind::hangup())?, sig(SignalKind::user_defined2())?);
-        let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
-        let mut exit_signal = self.exit();
-        let exit = loop {
-            tokio::select! {
-                _ = hup.recv() => self.spawn_upgrade("SIGHUP"),
-                _ = usr2.recv() => self.spawn_upgrade("SIGUSR2"),
-                _ = &mut exit_signal => break Exit::Upgraded,
-                _ = term.recv() => break Exit::Terminated,
-                _ = int.recv() => break Exit::Terminated,
-            }
-        };
-        tracing::info!(?exit, timeout = ?options.drain_timeout, "draining");
-        if exit == Exit::Terminated {
-            let _ = self.inner.notifier.notify(&[NotifyState::Stopping]);
-        }
-        drain.close();
-        let drained = tokio::select! {
-            r = drain.wait_async(options.drain_timeout) => r,
-            _ = term.recv() => drain.wait_async(Duration::ZERO).await,
-            _ = int.recv() => drain.wait_async(Duration::ZERO).await,
-        };
-        match &drained {
-            Ok(()) => tracing::info!("drained: every connection finished"),
-            Err(e) => tracing::warn!(error = %e, "exiting with connections still open"),
-        }
-        if exit == Exit::Terminated {
-            self.stop();
-        }
-        Ok(RunOutcome { exit, drained })
+        Ok(Signals {
+            upgrader: self.clone(),
+            hup: sig(SignalKind::hangup())?,
+            usr2: sig(SignalKind::user_defined2())?,
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+        })
+    }
+
+    /// [`signals`](Self::signals) then [`Signals::run`]. Prefer calling
+    /// `signals()` before `ready()` (see there); this shortcut is for code
+    /// that handles those signals until it gets here.
+    pub async fn run(
+        &self,
+        drain: &crate::drain::Drain,
+        options: RunOptions,
+    ) -> Result<RunOutcome, UpgradeError> {
+        self.signals()?.run(drain, options).await
     }
 
     fn spawn_upgrade(&self, cause: &'static str) {
         let this = self.clone();
         tracing::info!(cause, "upgrade requested");
-        tokio::task::spawn_blocking(move || match this.upgrade() {
+        tokio::task::spawn_blocking(move || {
             // Failures after the start are logged by upgrade() itself.
-            Err(
+            if let Err(
                 e @ (UpgradeError::InProgress { .. }
                 | UpgradeError::AlreadyUpgraded { .. }
                 | UpgradeError::NotReady),
-            ) => tracing::warn!(cause, error = %e, "upgrade refused"),
-            _ => {}
+            ) = this.upgrade()
+            {
+                tracing::warn!(cause, error = %e, "upgrade refused");
+            }
         });
     }
 }

@@ -364,3 +364,20 @@ fn env_clear_and_path_lookup_are_honoured() {
         ]
     );
 }
+
+#[test]
+fn a_script_without_a_shebang_runs_with_sh_as_execvp_would() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("noshebang");
+    std::fs::write(&script, "echo \"$LISTEN_FDS $LISTEN_FDNAMES $1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut a = Activation::new();
+    a.fd("web", l.as_fd()).unwrap();
+    let mut cmd = Command::new(&script);
+    cmd.arg("arg1").stdout(Stdio::piped());
+    let out = a.spawn(cmd).unwrap().wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 web arg1\n");
+}

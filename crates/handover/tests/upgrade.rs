@@ -30,8 +30,10 @@ const ARGS: &str = "HANDOVER_TEST_ARGS";
 
 #[test]
 fn child_role() {
-    if std::env::var(ROLE).as_deref() != Ok("upgrade_http") {
-        return;
+    match std::env::var(ROLE).as_deref() {
+        Ok("upgrade_http") => {}
+        Ok("signals_first") => return signals_first_role(),
+        _ => return,
     }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -78,7 +80,9 @@ fn become_subreaper() {
 
 /// Reaps `pid` (a child or an adopted orphan); true once it is gone.
 fn reap(pid: u32, timeout: Duration) -> bool {
-    let Some(p) = Pid::from_raw(pid as i32) else { return true };
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return true;
+    };
     let deadline = Instant::now() + timeout;
     loop {
         match rustix::process::waitpid(Some(p), WaitOptions::NOHANG) {
@@ -97,7 +101,9 @@ fn reap(pid: u32, timeout: Duration) -> bool {
 fn is_zombie_or_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
     }
 }
 
@@ -114,15 +120,24 @@ impl Server {
         let inode = rustix::fs::fstat(&listener).unwrap().st_ino;
         let pid_file = dir.path().join("pid");
         let mut cmd = Command::new(&app);
-        cmd.args(["--exact", "child_role", "--nocapture", "--test-threads=1", "-q"])
-            .env(ROLE, "upgrade_http")
-            .env(
-                ARGS,
-                format!("--listen tcp://127.0.0.1:0 --pid-file {} {extra}", pid_file.display()),
-            )
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--exact",
+            "child_role",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(ROLE, "upgrade_http")
+        .env(
+            ARGS,
+            format!(
+                "--listen tcp://127.0.0.1:0 --pid-file {} {extra}",
+                pid_file.display()
+            ),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         let mut a = Activation::new();
         a.fd("http", listener.as_fd()).unwrap();
         let mut first = a.spawn(cmd).unwrap();
@@ -154,13 +169,21 @@ impl Server {
     }
 
     fn current(&self) -> Option<u32> {
-        std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn wait_pid_file(&self, pid: u32, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.current() != Some(pid) {
-            assert!(Instant::now() < deadline, "pid file never said {pid}; stderr:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "pid file never said {pid}; stderr:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -176,8 +199,18 @@ impl Server {
 
     fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(Instant::now() < deadline, "no log line with {needle:?}; stderr:\n{}", self.log());
+        while !self
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; stderr:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -213,14 +246,25 @@ impl Server {
         if old == self.first.id() {
             let deadline = Instant::now() + Duration::from_secs(30);
             while self.first.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "first process did not exit:\n{}", self.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "first process did not exit:\n{}",
+                    self.log()
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         } else {
-            assert!(reap(old, Duration::from_secs(30)), "old process {old} did not exit:\n{}", self.log());
+            assert!(
+                reap(old, Duration::from_secs(30)),
+                "old process {old} did not exit:\n{}",
+                self.log()
+            );
         }
         assert!(is_zombie_or_gone(old));
-        assert!(!Path::new(&format!("/proc/{old}")).exists(), "{old} is still there");
+        assert!(
+            !Path::new(&format!("/proc/{old}")).exists(),
+            "{old} is still there"
+        );
         new
     }
 
@@ -240,7 +284,10 @@ fn twenty_upgrades(mode: Mode) {
     let mut cfg = LoadConfig::new(server.addr, mode);
     cfg.connections = 8;
     let load = Load::start(cfg).unwrap();
-    assert!(load.wait_for_ok(50, Duration::from_secs(30)), "no load got through");
+    assert!(
+        load.wait_for_ok(50, Duration::from_secs(30)),
+        "no load got through"
+    );
     let mut last = first;
     for _ in 0..20 {
         last = server.upgrade(&load);
@@ -255,10 +302,16 @@ fn twenty_upgrades(mode: Mode) {
         server.log()
     );
     assert_eq!(report.distinct_pids(), 21, "{}", report.render_table());
-    assert!(server.serves_same_socket(last), "the last generation uses another socket");
+    assert!(
+        server.serves_same_socket(last),
+        "the last generation uses another socket"
+    );
     // Only the last generation is alive; every other one is gone (reaped).
     for &pid in &server.pids[..server.pids.len() - 1] {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "generation {pid} is still there");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "generation {pid} is still there"
+        );
     }
 }
 
@@ -284,21 +337,40 @@ fn failed_upgrades_roll_back_and_a_later_one_succeeds() {
     // A new version that exits with code 3 before ready().
     server.deploy(&server.script("crash", "echo 'crashing on purpose' >&2; exit 3"));
     server.hup();
-    server.wait_log("exited with code 3 before it was ready", Duration::from_secs(30));
+    server.wait_log(
+        "exited with code 3 before it was ready",
+        Duration::from_secs(30),
+    );
     // A new version that never calls ready().
     server.deploy(&server.script("hang", "exec sleep 60"));
     server.hup();
-    server.wait_log("was not ready within 2s, so it was killed", Duration::from_secs(30));
-    assert_eq!(server.current(), Some(first), "the old process must still be in charge");
+    server.wait_log(
+        "was not ready within 2s, so it was killed",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        server.current(),
+        Some(first),
+        "the old process must still be in charge"
+    );
     let ok_before = load.snapshot().ok;
-    assert!(load.wait_for_ok(ok_before + 20, Duration::from_secs(30)), "old process stopped serving");
+    assert!(
+        load.wait_for_ok(ok_before + 20, Duration::from_secs(30)),
+        "old process stopped serving"
+    );
     assert_eq!(load.pids_seen(), BTreeSet::from([first]));
 
     // The real binary again: the third upgrade succeeds.
     server.deploy(&std::env::current_exe().unwrap());
     let new = server.upgrade(&load);
     let report = load.stop();
-    assert_eq!(report.failures_total(), 0, "{}\n{}", report.render_table(), server.log());
+    assert_eq!(
+        report.failures_total(),
+        0,
+        "{}\n{}",
+        report.render_table(),
+        server.log()
+    );
     assert_eq!(report.pids.keys().copied().collect::<Vec<_>>(), {
         let mut v = vec![first, new];
         v.sort();
@@ -310,7 +382,10 @@ fn failed_upgrades_roll_back_and_a_later_one_succeeds() {
 fn a_second_upgrade_during_a_slow_one_is_refused() {
     let mut server = Server::start("");
     let exe = std::env::current_exe().unwrap();
-    server.deploy(&server.script("slow", &format!("sleep 1.5; exec '{}' \"$@\"", exe.display())));
+    server.deploy(&server.script(
+        "slow",
+        &format!("sleep 1.5; exec '{}' \"$@\"", exe.display()),
+    ));
     let mut cfg = LoadConfig::new(server.addr, Mode::KeepAlive);
     cfg.connections = 2;
     let load = Load::start(cfg).unwrap();
@@ -320,10 +395,18 @@ fn a_second_upgrade_during_a_slow_one_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     server.hup();
     server.wait_log("an upgrade is already in progress", Duration::from_secs(10));
-    let new = load.wait_for_new_pid(&seen, Duration::from_secs(30)).expect("the slow upgrade finished");
+    let new = load
+        .wait_for_new_pid(&seen, Duration::from_secs(30))
+        .expect("the slow upgrade finished");
     server.pids.push(new);
     let report = load.stop();
-    assert_eq!(report.failures_total(), 0, "{}\n{}", report.render_table(), server.log());
+    assert_eq!(
+        report.failures_total(),
+        0,
+        "{}\n{}",
+        report.render_table(),
+        server.log()
+    );
 }
 
 #[test]
@@ -334,7 +417,8 @@ fn a_long_request_in_flight_completes_on_the_old_process() {
     let slow = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let started = Instant::now();
         let mut out = String::new();
         let mut buf = [0u8; 1024];
@@ -359,9 +443,128 @@ fn a_long_request_in_flight_completes_on_the_old_process() {
     let (response, took) = slow.join().unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains(&format!("pid={old}")), "{response}");
-    assert!(response.to_ascii_lowercase().contains("connection: close"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
     assert!(took >= Duration::from_millis(4500), "{took:?}");
     let report = load.stop();
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
     assert!(report.pids.contains_key(&new));
+}
+
+/// A server that installs its signal handlers, becomes ready, and only a
+/// second later runs the loop: a SIGHUP in that second must neither kill it
+/// nor be lost.
+fn signals_first_role() {
+    use handover::drain::Drain;
+    use handover::upgrade::{Options, RunOptions, Upgrader};
+    let pid_file = std::env::var("HANDOVER_TEST_PID_FILE").unwrap();
+    let up = Upgrader::new(Options::default().pid_file(pid_file)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _l: tokio::net::TcpListener = up
+            .listen("http", &"tcp://127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let drain = Drain::new();
+        let signals = up.signals().unwrap();
+        up.ready().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signals
+            .run(
+                &drain,
+                RunOptions::default().drain_timeout(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_sighup_right_after_ready_is_handled_not_fatal() {
+    // Found by the benchmarks: a deploy script that upgrades twice in a row
+    // signals the new pid as soon as the pid file names it, before the
+    // ready-made loop runs. Handlers installed by signals() before ready()
+    // keep it alive, and the upgrade it asked for still happens.
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE, "signals_first")
+    .env("HANDOVER_TEST_PID_FILE", &pid_file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut a = Activation::new();
+    a.fd("http", listener.as_fd()).unwrap();
+    let mut first = a.spawn(cmd).unwrap();
+    struct Kill(Vec<u32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for &p in &self.0 {
+                let _ =
+                    rustix::process::kill_process(Pid::from_raw(p as i32).unwrap(), Signal::KILL);
+                reap(p, Duration::from_millis(200));
+            }
+        }
+    }
+    let mut guard = Kill(vec![first.id()]);
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_pid() != Some(first.id()) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rustix::process::kill_process(Pid::from_raw(first.id() as i32).unwrap(), Signal::HUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "SIGHUP right after ready() killed the process"
+    );
+    // Once the loop runs, the buffered SIGHUP starts the upgrade.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match read_pid() {
+            Some(p) if p != first.id() => break p,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the SIGHUP was lost: no upgrade happened"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    guard.0.push(new);
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn a_failed_upgrade_restores_the_pid_file() {
+    let server = Server::start("--ready-timeout 5");
+    let first = server.current().unwrap();
+    // A "new version" that announces itself in the pid file, then fails.
+    let pid_file = server.pid_file();
+    server.deploy(&server.script(
+        "liar",
+        &format!("echo $$ > '{}'; exit 3", pid_file.display()),
+    ));
+    server.hup();
+    server.wait_log(
+        "exited with code 3 before it was ready",
+        Duration::from_secs(30),
+    );
+    server.wait_pid_file(first, Duration::from_secs(10));
 }

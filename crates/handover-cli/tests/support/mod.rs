@@ -25,7 +25,11 @@ pub const SERVER_PY: &str = include_str!("../servers/server.py");
 /// A free TCP port on 127.0.0.1 (bound then released: a test that needs
 /// the port number before handover binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `handover run`. Kills it, and every generation it reported,
@@ -40,6 +44,7 @@ pub struct Handover {
 }
 
 /// What to run and how.
+#[derive(Default)]
 pub struct Setup {
     /// Extra `handover run` options.
     pub options: Vec<String>,
@@ -48,16 +53,6 @@ pub struct Setup {
     pub program: Option<Vec<String>>,
     /// Environment for handover (and so its generations).
     pub env: Vec<(String, String)>,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            options: Vec::new(),
-            program: None,
-            env: Vec::new(),
-        }
-    }
 }
 
 /// Writes the Python server and its mode wrapper into `dir`; returns the
@@ -121,7 +116,10 @@ impl Handover {
             seen_pids: Mutex::new(Vec::new()),
         };
         let status = h.wait_status(Duration::from_secs(30));
-        let address = status["sockets"][0]["address"].as_str().unwrap().to_string();
+        let address = status["sockets"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
         h.addr = address.strip_prefix("tcp://").unwrap().parse().unwrap();
         h
     }
@@ -135,12 +133,18 @@ impl Handover {
             }
             let out = self.cli(&["status", "--json"]);
             if out.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {:?}", out.stdout));
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                        panic!("status --json is not JSON ({e}): {:?}", out.stdout)
+                    });
                 self.remember(&v);
                 return v;
             }
-            assert!(Instant::now() < deadline, "handover never answered:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "handover never answered:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -215,8 +219,18 @@ impl Handover {
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.log());
+        while !self
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -232,7 +246,11 @@ impl Handover {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "handover did not exit:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "handover did not exit:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -266,10 +284,17 @@ pub fn gone(pid: u32) -> bool {
 /// Zombie children of `pid`.
 pub fn zombie_children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
     for t in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(t.path().join("children")) else { continue };
-        for c in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        let Ok(children) = std::fs::read_to_string(t.path().join("children")) else {
+            continue;
+        };
+        for c in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             if std::fs::read_to_string(format!("/proc/{c}/stat"))
                 .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
             {
@@ -282,7 +307,9 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
 
 /// Open descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Waits until `f` is true.
@@ -292,4 +319,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Child processes of `pid` (forked by any of its threads).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
 }
