@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Reproduces a bug found while benchmarking (see BENCHMARKS.md, "Findings"):
+# Regression check for a bug seen while benchmarking (BENCHMARKS.md,
+# "Findings"), fixed on main by 925a4e7 ("Upgrader::signals() installs
+# handlers before ready(); a failed upgrade restores the pid file"). Before
+# that commit:
 #
 # upgrade_http (handover's `Upgrader`) writes its pid file in `ready()`,
 # before it has told its parent it is ready and before `run()` installs the
@@ -13,7 +16,8 @@
 #   cargo build --release -p handover --example upgrade_http
 #   bench/repro-stale-pid-file.sh [path/to/upgrade_http]
 #
-# Exits 1 when reproduced (usually on the first attempts), 0 when not.
+# Exits 1 when reproduced (before the fix: within the first few attempts),
+# 0 when not.
 set -u
 bin=${1:-target/release/examples/upgrade_http}
 port=${PORT:-18190}
