@@ -117,10 +117,11 @@ impl Variant {
         }
     }
 
-    fn is_handover(self) -> bool {
-        matches!(
+    /// Restarted by a mechanism meant to lose nothing (handover or ecdysis).
+    fn is_graceful(self) -> bool {
+        !matches!(
             self,
-            Variant::UpgradeHttp | Variant::RunDemo | Variant::RunPython
+            Variant::UpgradeHttpNaive | Variant::DemoNaive | Variant::PythonNaive
         )
     }
 }
@@ -344,8 +345,8 @@ pub fn run(bins: &Bins, args: &FailuresArgs) -> Result<serde_json::Value, String
         t.render()
     );
     for o in &outcomes {
-        let handover = o.variant.is_some_and(Variant::is_handover);
-        if (handover && o.failed() > 0) || !o.trigger_errors.is_empty() {
+        let graceful = o.variant.is_some_and(Variant::is_graceful);
+        if (graceful && o.failed() > 0) || !o.trigger_errors.is_empty() {
             text.push_str(&format!(
                 "\n{} ({}, {}): {} failed requests, {} trigger errors; first failures:\n",
                 o.server,

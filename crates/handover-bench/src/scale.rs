@@ -289,7 +289,7 @@ pub fn idle(bins: &Bins, args: &IdleArgs) -> Result<serde_json::Value, String> {
         "→ new generation answers",
         "→ old generation gone",
         "÷ first row",
-        "idle connections ended by FIN / reset / still open",
+        "idle connections ended by FIN / reset / still open (all rounds)",
     ]);
     let mut notes = String::new();
     for r in &rows {

@@ -115,7 +115,7 @@ pub fn run(bins: &Bins, args: &SupervisorArgs) -> Result<serde_json::Value, Stri
         let b = sample(pid, tick_ms)?;
         phases.push(phase(
             round,
-            format!("idle {}", fmt_ms(Some(ms(args.idle)))),
+            format!("idle {:.0} s", args.idle.as_secs_f64()),
             0,
             a,
             b,
