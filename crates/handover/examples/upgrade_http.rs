@@ -135,6 +135,13 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let http = HttpOptions::default().with_idle_grace(args.idle_grace);
         let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);
+        // Ready before accepting. If ready() fails (the pid file cannot be
+        // written, say), this process exits having accepted nothing, and the
+        // old one, which accepts until it hears "ready", serves everything:
+        // a rolled-back upgrade loses no connection. Accepting first would
+        // let this process take connections and then drop them as it exits.
+        // Connections that arrive meanwhile wait in the accept queue.
+        upgrader.ready()?;
         let accepting = {
             let drain = drain.clone();
             tokio::spawn(async move {
@@ -158,7 +165,6 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
         };
-        upgrader.ready()?;
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
         let outcome = upgrader
             .run(
