@@ -389,7 +389,7 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     tokio::spawn(listen_notify(shared.clone(), notify));
 
     // The first generation: failing here is failing to start.
-    if let Err(e) = reload_once(&shared, false, &mut Vec::new()).await {
+    if let Err(e) = reload_once(&shared, false, &mut Vec::new(), &mut None).await {
         return Err(format!("the first generation did not start: {e}"));
     }
     let _ = shared.systemd.notify(&[Sd::Ready, Sd::Status("serving")]);
@@ -558,6 +558,8 @@ async fn reload_loop(
 ) {
     let mut attempts: u32 = 0;
     let mut last_attempt: Option<Instant> = None;
+    // The previous generation, stopping (see reload_once).
+    let mut draining: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -580,7 +582,7 @@ async fn reload_loop(
                 replies.extend(more.reply);
             }
         }
-        let answer = match reload_once(&shared, true, &mut replies).await {
+        let answer = match reload_once(&shared, true, &mut replies, &mut draining).await {
             Ok(a) => a,
             Err(e) => error_answer(e),
         };
@@ -604,15 +606,25 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
 }
 
 /// One reload: start a generation, wait until it is ready, make it current,
-/// answer `replies`, then stop the previous one and wait until it is gone.
-/// On failure the new generation is killed and the current one stays.
+/// answer `replies`, then stop the previous one. On failure the new
+/// generation is killed and the current one stays.
+///
+/// The previous generation stops on a task of its own, left in `draining`:
+/// the next reload waits for it before starting a generation (so at most two
+/// exist), but a restart after the current one died does not. Waiting there
+/// would leave nobody accepting for as long as the old one takes to drain
+/// (up to --stop-timeout) while connections pile up in the accept queue.
 async fn reload_once(
     shared: &Arc<Shared>,
     systemd_reloading: bool,
     replies: &mut Vec<oneshot::Sender<Answer>>,
+    draining: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> Result<Answer, String> {
-    let started = Instant::now();
     let has_current = lock(&shared.current).is_some();
+    if has_current && let Some(d) = draining.take() {
+        let _ = d.await;
+    }
+    let started = Instant::now();
     if let (Some(sig), true) = (shared.config.reload_signal, has_current) {
         let child = current_child(shared).ok_or("no current generation")?;
         child.reload_async().await.map_err(|e| e.to_string())?;
@@ -651,7 +663,10 @@ async fn reload_once(
                 let _ = r.send(answer.clone());
             }
             if let Some(old) = old {
-                stop_generation(shared, old).await;
+                let shared = shared.clone();
+                *draining = Some(tokio::spawn(async move {
+                    stop_generation(&shared, old).await;
+                }));
             }
             Ok(answer)
         }

@@ -63,10 +63,20 @@ fn a_generation_that_crashes_right_after_ready_loses_only_what_it_held() {
         load(&h, Mode::KeepAlive, 4),
     ];
     let first = h.current_pid();
+    // A slow request keeps the first generation draining for a while after
+    // the reload: the restart after the crash must not wait for it.
+    let addr = h.addr;
+    let slow = std::thread::spawn(move || http_get(addr, "/slow?ms=6000", Duration::from_secs(60)));
+    let marks = h.dir.path().join(format!("slow-{first}"));
+    wait_until(
+        "the slow request reached the first generation",
+        Duration::from_secs(30),
+        || marks.exists(),
+    );
 
     // The next generation becomes ready, takes connections for 300 ms
     // without answering, then exits with code 4. Its reload succeeds: it was
-    // ready, so the first generation was stopped.
+    // ready, so the first generation was told to stop (and drains).
     h.set_mode("ready-crash");
     let (ok, out, err) = h.reload();
     assert!(ok, "{out}{err}\n{}", h.log());
@@ -96,6 +106,19 @@ fn a_generation_that_crashes_right_after_ready_loses_only_what_it_held() {
     let restarted = loads[0]
         .wait_for_new_pid(&seen, Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no generation serves after the crash:\n{}", h.log()));
+    // ... while the first one still drains its slow request: no generation
+    // accepted from the crash until the restart, so the restart must not
+    // wait for old generations to finish.
+    assert!(
+        !gone(first),
+        "the restart waited for the draining generation to exit:\n{}",
+        h.log()
+    );
+    let answer = slow.join().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && pid_in(&answer) == Some(first),
+        "the draining generation's slow request failed: {answer:?}"
+    );
     for l in &loads {
         more_ok(l, &h);
     }
@@ -129,7 +152,11 @@ fn a_generation_that_crashes_right_after_ready_loses_only_what_it_held() {
     let status = h.wait_status(Duration::from_secs(10));
     assert_eq!(status["restarts"], 1, "{status}");
     assert_eq!(h.current_pid(), restarted);
-    assert_eq!(h.generation_pids(), vec![restarted]);
+    wait_until(
+        "the first generation is gone",
+        Duration::from_secs(30),
+        || gone(first) && h.generation_pids() == vec![restarted],
+    );
 }
 
 #[test]
