@@ -308,10 +308,13 @@ async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Incoming>, slots: &Slot
             "busy: {MAX_CLIENTS} control clients are sending requests and {MAX_WAITING} more are \
              waiting; try again"
         )),
-        Read::Failed(e) => error_answer(format!("could not read the request: {e}")),
-        Read::Done(line) if line.len() > MAX_REQUEST => {
-            error_answer(format!("the request is longer than {MAX_REQUEST} bytes"))
-        }
+        Read::Failed(e) => error_answer(format!(
+            "could not read the request: {e}; send one JSON line ending in a newline"
+        )),
+        Read::Done(line) if line.len() > MAX_REQUEST => error_answer(format!(
+            "the request is longer than {MAX_REQUEST} bytes; expected one short JSON line \
+                 like {{\"cmd\":\"status\"}}"
+        )),
         Read::Done(line) if !line.ends_with(b"\n") => error_answer(
             "the request ended without a newline; send one JSON line ending in a newline",
         ),

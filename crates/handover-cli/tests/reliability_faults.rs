@@ -242,6 +242,32 @@ fn when_handover_is_killed_its_generation_does_not_outlive_it() {
         Duration::from_secs(15),
         || gone(generation),
     );
+    // A new handover starts on the same control path: the stale socket file
+    // is replaced, not an error.
+    assert!(h.control.exists());
+    let mut again = KillOnDrop(
+        Command::new(support::handover_bin())
+            .args(["run", "--bind", "http=tcp://127.0.0.1:0", "--control"])
+            .arg(&h.control)
+            .arg("--")
+            .arg(h.dir.path().join("serve.sh"))
+            .env("XDG_RUNTIME_DIR", h.dir.path())
+            .env("SERVER_MARK_DIR", h.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "a new handover serves on the same control path",
+        Duration::from_secs(30),
+        || {
+            assert!(again.0.try_wait().unwrap().is_none(), "it exited");
+            support::control_json(&h.control, "status", Duration::from_secs(5))
+                .is_some_and(|s| s["pid"] == again.0.id())
+        },
+    );
 }
 
 #[test]
