@@ -99,6 +99,19 @@ fn a_thousand_reloads_in_a_row_leak_nothing() {
         first.rss_kib,
         last.rss_kib
     );
+    // Every old generation drained and exited 0 on SIGTERM. "was killed by
+    // SIGTERM" would mean it got the stop signal before installing its
+    // handler (it did, under load, before the demo server installed the
+    // handler ahead of READY=1), losing its keep-alive connections.
+    let log = h.log();
+    let killed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("old generation is gone") && !l.contains("exited with code 0"))
+        .collect();
+    assert!(
+        killed.is_empty(),
+        "generations that did not drain: {killed:#?}"
+    );
     let report = load.stop();
     assert_eq!(
         report.failures_total(),

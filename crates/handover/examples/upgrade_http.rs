@@ -135,6 +135,24 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let http = HttpOptions::default().with_idle_grace(args.idle_grace);
         let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);
+        // The signal loop, polled once so that its handlers exist before
+        // ready() writes the pid file: a SIGHUP or SIGTERM sent to this pid
+        // before that would kill the process (the default action).
+        let running = upgrader.run(
+            &drain,
+            RunOptions::default().drain_timeout(args.drain_timeout),
+        );
+        tokio::pin!(running);
+        let early = tokio::select! {
+            biased;
+            outcome = &mut running => Some(outcome),
+            _ = std::future::ready(()) => None,
+        };
+        if let Some(outcome) = early {
+            // Only when the handlers could not be installed.
+            outcome?;
+            return Ok(());
+        }
         // Ready before accepting. If ready() fails (the pid file cannot be
         // written, say), this process exits having accepted nothing, and the
         // old one, which accepts until it hears "ready", serves everything:
@@ -166,12 +184,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             })
         };
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
-        let outcome = upgrader
-            .run(
-                &drain,
-                RunOptions::default().drain_timeout(args.drain_timeout),
-            )
-            .await?;
+        let outcome = running.await?;
         let _ = accepting.await;
         tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");
         Ok::<_, Box<dyn std::error::Error>>(())

@@ -1116,8 +1116,15 @@ impl Upgrader {
     /// `drain` (stop accepting) and waits for its connections up to the drain
     /// timeout; a second SIGTERM/SIGINT while draining returns at once.
     ///
-    /// Call it after [`ready`](Self::ready), from inside a tokio runtime.
-    /// On SIGTERM/SIGINT it also calls [`stop`](Self::stop).
+    /// Call it from inside a tokio runtime. On SIGTERM/SIGINT it also calls
+    /// [`stop`](Self::stop).
+    ///
+    /// Its signal handlers are installed when the future is first polled.
+    /// [`ready`](Self::ready) writes the pid file, and a SIGHUP or SIGTERM
+    /// sent to that pid before there is a handler kills the process (the
+    /// default action). So poll it once before `ready()` (see
+    /// `examples/upgrade_http.rs`); an upgrade asked for before `ready()` is
+    /// refused and logged.
     pub async fn run(
         &self,
         drain: &crate::drain::Drain,

@@ -177,7 +177,7 @@ impl Server {
         .env(
             ARGS,
             format!(
-                "--listen tcp://127.0.0.1:0 --pid-file {} --ready-timeout 20 --idle-grace-ms 500",
+                "--listen tcp://127.0.0.1:0 --pid-file {} --ready-timeout 20 --idle-grace-ms 2000",
                 dir.path().join("run/pid").display()
             ),
         )
@@ -349,6 +349,65 @@ fn upgrade_whose_successor_cannot_write_the_pid_file_is_rolled_back() {
             server.log()
         );
     }
+}
+
+#[test]
+fn a_sighup_sent_as_soon_as_the_pid_file_names_a_new_process_upgrades_it() {
+    // ready() writes the pid file; an operator (or script) may signal that
+    // pid at once. Before the fix, the example installed its signal handlers
+    // only after ready(): a SIGHUP in between killed the new process (the
+    // default action) with its connections.
+    let server = Server::start();
+    let mut cfg = LoadConfig::new(server.addr, Mode::KeepAlive);
+    cfg.connections = 4;
+    let load = Load::start(cfg).unwrap();
+    assert!(load.wait_for_ok(30, Duration::from_secs(30)));
+    let mut pid = server.current().unwrap();
+    server.hup(pid);
+    for i in 0..15 {
+        // Spin: signal the next process the moment the pid file names it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let next = loop {
+            match server.current() {
+                Some(p) if p != pid => break p,
+                _ => {}
+            }
+            let dead = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            });
+            assert!(
+                !dead || server.current() != Some(pid),
+                "upgrade {i}: process {pid} died of the SIGHUP sent as the pid file named it:\n{}",
+                server.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "upgrade {i}: the pid file never changed:\n{}",
+                server.log()
+            );
+            std::hint::spin_loop();
+        };
+        server.pids.lock().unwrap().push(next);
+        if i < 14 {
+            server.hup(next);
+        }
+        pid = next;
+    }
+    let before = load.snapshot().ok;
+    assert!(
+        load.wait_for_ok(before + 30, Duration::from_secs(30)),
+        "the last process does not serve:\n{}",
+        server.log()
+    );
+    let report = load.stop();
+    assert_eq!(
+        report.failures_total(),
+        0,
+        "{}\n{}",
+        report.render_table(),
+        server.log()
+    );
+    assert!(report.pids.contains_key(&pid), "{}", report.render_table());
 }
 
 // ---------------------------------------------------------------------------
