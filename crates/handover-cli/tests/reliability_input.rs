@@ -39,6 +39,10 @@ fn finish(mut child: KillOnDrop, timeout: Duration) -> (std::process::ExitStatus
 
 #[test]
 fn a_control_client_of_another_user_is_refused_and_logged() {
+    assert!(
+        rustix::process::getuid().is_root(),
+        "this test runs a client as uid 65534 (nobody), which needs root"
+    );
     let h = Handover::start(Setup::default());
     // As root the file mode would not stop anyone; open the socket file and
     // its directory to everyone, so only the SO_PEERCRED check is left.
