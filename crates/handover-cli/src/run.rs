@@ -328,8 +328,8 @@ fn take_inherited(inherited: &mut ListenFds, b: &Bind) -> Result<OwnedFd, String
     };
     taken.map_err(|e| {
         format!(
-            "--bind {}={}: {e} (ListenStream= for tcp:// and unix:, ListenDatagram= for udp://), \
-             or give this --bind another name",
+            "--bind {}={}: {e}. For this --bind the socket unit needs ListenStream= (tcp://, \
+             unix:) or ListenDatagram= (udp://); or give the --bind another name",
             b.name, b.address
         )
     })
