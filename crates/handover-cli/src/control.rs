@@ -11,14 +11,28 @@
 //! within [`REQUEST_TIMEOUT`] and be at most [`MAX_REQUEST`] bytes; anything
 //! else gets an error answer (or nothing, for a refused peer) and never
 //! blocks other clients: each connection is served on a task of its own.
+//!
+//! Idle and slow clients cannot lock others out. A client whose whole
+//! request has arrived is served at once. One that is still sending needs
+//! one of [`MAX_CLIENTS`] slots, held only until its request line is in (not
+//! while it waits for the answer: a reload may take minutes). When every
+//! slot is taken, up to [`MAX_WAITING`] more clients wait for one (beyond
+//! that: "busy"), and while anyone waits, a slot holder that has sent no
+//! complete request for [`IDLE_UNDER_PRESSURE`] is closed with an error to
+//! make room. So a well-behaved client (which writes its request right after
+//! connecting) is answered at once however many slow-loris connections
+//! there are, and a slow one waits a fraction of a second, never the full
+//! [`REQUEST_TIMEOUT`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use handover::address::{Address, BindOptions};
 
@@ -28,8 +42,62 @@ pub const MAX_REQUEST: usize = 4096;
 /// How long a client has to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many clients are served at once; more get "busy".
+/// How many clients may be sending their request at once; more wait for a
+/// slot (see the [module docs](self)).
 pub const MAX_CLIENTS: usize = 64;
+
+/// How many clients may wait for a slot; more get "busy".
+pub const MAX_WAITING: usize = 64;
+
+/// While clients wait for a slot, a slot holder that has not sent a complete
+/// request for this long is closed to make room.
+pub const IDLE_UNDER_PRESSURE: Duration = Duration::from_millis(250);
+
+/// How often a client that is still sending checks whether it must make room.
+const PRESSURE_CHECK: Duration = Duration::from_millis(50);
+
+/// The slots for clients that are sending their request.
+struct Slots {
+    free: Arc<Semaphore>,
+    /// Clients waiting for a slot.
+    waiting: AtomicUsize,
+}
+
+/// Counts a waiting client while it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Slots {
+    fn new() -> Slots {
+        Slots {
+            free: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// A slot: at once, or after waiting (in order) behind at most
+    /// [`MAX_WAITING`] others. `None`: busy. The caller bounds the wait.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.free.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let _waiting = Waiting(&self.waiting);
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
+            return None;
+        }
+        self.free.clone().acquire_owned().await.ok()
+    }
+
+    /// Whether some client waits for a slot.
+    fn contended(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+}
 
 /// A request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +173,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 
 /// Serves the control socket forever, sending each valid request to `tx`.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
-    let slots = std::sync::Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Arc::new(Slots::new());
     let me = rustix::process::getuid();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -117,18 +185,8 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
             }
         };
         let tx = tx.clone();
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let _ = answer(
-                    stream,
-                    &error_answer("busy: too many control clients, try again"),
-                )
-                .await;
-            });
-            continue;
-        };
+        let slots = slots.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             match rustix::net::sockopt::socket_peercred(&stream) {
                 Ok(cred) if cred.uid == me || cred.uid.is_root() => {}
                 Ok(cred) => {
@@ -144,29 +202,123 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
                     return;
                 }
             }
-            handle(stream, tx).await;
+            handle(stream, tx, &slots).await;
         });
     }
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
-    let mut done_tx: Option<oneshot::Sender<()>> = None;
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+/// How reading a request ended.
+enum Read {
+    /// The request line (with its newline), or what came before end of file
+    /// or the size limit.
+    Done(Vec<u8>),
+    Failed(std::io::Error),
+    TimedOut,
+    MadeRoom,
+    Busy,
+}
+
+/// Moves what has arrived on `stream` into `line`, without waiting. `true`
+/// once the request is complete: a newline, end of file, or more than
+/// [`MAX_REQUEST`] bytes.
+fn read_available(stream: &UnixStream, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut buf = [0u8; 1024];
+    loop {
+        if line.contains(&b'\n') || line.len() > MAX_REQUEST {
+            return Ok(true);
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Where a client that is still sending stands.
+enum Slot {
+    Acquiring,
+    Held(#[allow(dead_code)] OwnedSemaphorePermit),
+    /// No slot and too many waiting: it gets [`IDLE_UNDER_PRESSURE`] for its
+    /// request to arrive, then "busy".
+    Busy,
+}
+
+/// Reads one request within [`REQUEST_TIMEOUT`]. A request that has arrived
+/// takes no slot; until it has, the client needs one (see the module docs).
+async fn read_request(stream: &UnixStream, slots: &Slots) -> Read {
+    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(REQUEST_TIMEOUT);
+    tokio::pin!(deadline);
+    let grace = tokio::time::sleep(IDLE_UNDER_PRESSURE);
+    tokio::pin!(grace);
+    let acquire = slots.acquire();
+    tokio::pin!(acquire);
+    // The slot, if any, is released when this returns.
+    let mut slot = Slot::Acquiring;
+    let mut check = tokio::time::interval(PRESSURE_CHECK);
     let mut line = Vec::new();
-    let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
-    let reply = match got {
-        Err(_) => error_answer(format!(
+    loop {
+        match read_available(stream, &mut line) {
+            Ok(true) => {
+                if let Some(end) = line.iter().position(|&b| b == b'\n') {
+                    line.truncate(end + 1);
+                }
+                return Read::Done(line);
+            }
+            Ok(false) => {}
+            Err(e) => return Read::Failed(e),
+        }
+        tokio::select! {
+            // What has arrived is read before anything else.
+            biased;
+            r = stream.readable() => {
+                if let Err(e) = r {
+                    return Read::Failed(e);
+                }
+            }
+            _ = &mut deadline => return Read::TimedOut,
+            got = &mut acquire, if matches!(slot, Slot::Acquiring) => {
+                slot = got.map_or(Slot::Busy, Slot::Held);
+            }
+            _ = &mut grace, if matches!(slot, Slot::Busy) => return Read::Busy,
+            _ = check.tick(), if matches!(slot, Slot::Held(_)) => {
+                if slots.contended() && started.elapsed() >= IDLE_UNDER_PRESSURE {
+                    return Read::MadeRoom;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Incoming>, slots: &Slots) {
+    let mut done_tx: Option<oneshot::Sender<()>> = None;
+    let reply = match read_request(&stream, slots).await {
+        Read::TimedOut => error_answer(format!(
             "no complete request within {REQUEST_TIMEOUT:?}; send one JSON line ending in a newline"
         )),
-        Ok(Err(e)) => error_answer(format!("could not read the request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST => {
-            error_answer(format!("the request is longer than {MAX_REQUEST} bytes"))
-        }
-        Ok(Ok(_)) if !line.ends_with(b"\n") => error_answer(
+        Read::MadeRoom => error_answer(format!(
+            "closed to make room for waiting clients: no complete request within \
+             {IDLE_UNDER_PRESSURE:?} while all {MAX_CLIENTS} slots were taken; send one JSON line \
+             ending in a newline right after connecting"
+        )),
+        Read::Busy => error_answer(format!(
+            "busy: {MAX_CLIENTS} control clients are sending requests and {MAX_WAITING} more are \
+             waiting; try again"
+        )),
+        Read::Failed(e) => error_answer(format!(
+            "could not read the request: {e}; send one JSON line ending in a newline"
+        )),
+        Read::Done(line) if line.len() > MAX_REQUEST => error_answer(format!(
+            "the request is longer than {MAX_REQUEST} bytes; expected one short JSON line \
+                 like {{\"cmd\":\"status\"}}"
+        )),
+        Read::Done(line) if !line.ends_with(b"\n") => error_answer(
             "the request ended without a newline; send one JSON line ending in a newline",
         ),
-        Ok(Ok(_)) => match parse_request(&line) {
+        Read::Done(line) => match parse_request(&line) {
             Err(e) => error_answer(e),
             Ok(request) => {
                 let (reply, rx) = oneshot::channel();
@@ -191,16 +343,10 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
     };
     let mut text = serde_json::to_vec(&reply).unwrap_or_default();
     text.push(b'\n');
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&text)).await;
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&text)).await;
     if let Some(done) = done_tx {
         let _ = done.send(());
     }
-}
-
-async fn answer(mut stream: UnixStream, a: &Answer) -> std::io::Result<()> {
-    let mut text = serde_json::to_vec(a).unwrap_or_default();
-    text.push(b'\n');
-    stream.write_all(&text).await
 }
 
 /// Sends `request` to the handover at `path` and waits up to `timeout` for
@@ -218,24 +364,45 @@ pub fn request(path: &Path, request: Request, timeout: Duration) -> Result<Answe
     s.set_write_timeout(Some(REQUEST_TIMEOUT)).ok();
     let mut line = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
     line.push(b'\n');
-    s.write_all(&line)
-        .map_err(|e| format!("sending the request to {}: {e}", path.display()))?;
+    // A refused client's connection is closed at once, its request unread:
+    // sending may fail (EPIPE), or reading sees a reset or end of file. A
+    // "busy" answer may also come before the request was sent: whatever
+    // arrived is read even when sending failed.
+    let refused = || {
+        format!(
+            "handover closed the connection without an answer: was this user refused? handover \
+             answers only its own user and root, and this is uid {}; run this command as the \
+             user that runs `handover run`",
+            rustix::process::getuid().as_raw()
+        )
+    };
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    };
+    let sent = s.write_all(&line);
+    if let Err(e) = &sent
+        && !closed(e)
+    {
+        return Err(format!("sending the request to {}: {e}", path.display()));
+    }
     let mut reader = std::io::BufReader::new(s);
     let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(|e| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            format!("no answer from handover within {timeout:?}")
-        } else {
-            format!("reading the answer: {e}")
+    match reader.read_line(&mut answer) {
+        Ok(_) if answer.ends_with('\n') => {}
+        Ok(_) => return Err(refused()),
+        Err(e) if closed(&e) => return Err(refused()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(format!("no answer from handover within {timeout:?}"));
         }
-    })?;
-    if answer.is_empty() {
-        return Err(
-            "handover closed the connection without an answer (was this user refused?)".into(),
-        );
+        Err(e) => return Err(format!("reading the answer: {e}")),
     }
     serde_json::from_str(&answer)
         .map_err(|e| format!("handover's answer is not JSON ({e}): {answer}"))
@@ -293,6 +460,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
 
     #[test]
     fn requests_parse() {

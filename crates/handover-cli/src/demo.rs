@@ -255,8 +255,12 @@ fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
         };
-        Notifier::from_env()?.notify(&[State::Ready, State::Status("serving")])?;
+        // The handler first: handover may send the stop signal as soon as a
+        // later generation is ready, and a SIGTERM that came between READY=1
+        // and the handler would kill this process (the default action) and
+        // reset its keep-alive connections instead of draining them.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        Notifier::from_env()?.notify(&[State::Ready, State::Status("serving")])?;
         term.recv().await;
         drain.close();
         let _ = drain.wait_async(args.drain_timeout).await;

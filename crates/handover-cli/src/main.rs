@@ -251,6 +251,15 @@ fn main() -> ExitCode {
 }
 
 fn cmd_run(args: RunArgs) -> ExitCode {
+    // Before the runtime opens its own descriptors (see receive_inherited).
+    let inherited = match run::receive_inherited() {
+        Ok(fds) => fds,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("handover: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = run::Config {
         binds: args.binds,
         unix_mode: args.unix_mode,
@@ -276,7 +285,7 @@ fn cmd_run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run::run(config)) {
+    match rt.block_on(run::run(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

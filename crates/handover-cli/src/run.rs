@@ -81,14 +81,23 @@ impl std::str::FromStr for Bind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Bind, String> {
+        let bad_name = |name: &str| {
+            format!(
+                "{name:?} is not a socket name: expected 1 to 255 printable ASCII characters \
+                 without ':' (it separates the names in LISTEN_FDNAMES); rename it"
+            )
+        };
         let (name, addr) = match s.split_once('=') {
             Some((n, a)) if !n.contains("://") && !n.contains(':') && !n.contains('/') => (n, a),
+            // "we:b=tcp://..." is a name with a ':', not an address with a
+            // scheme "we:b=tcp".
+            Some((n, a)) if !n.contains('/') && a.parse::<Address>().is_ok() => {
+                return Err(bad_name(n));
+            }
             _ => ("unknown", s),
         };
         if !handover::activation::is_valid_name(name) {
-            return Err(format!(
-                "{name:?} is not a socket name: expected 1 to 255 printable ASCII characters without ':'"
-            ));
+            return Err(bad_name(name));
         }
         let address = addr.parse::<Address>().map_err(|e| e.to_string())?;
         Ok(Bind {
@@ -246,12 +255,11 @@ fn unix_ms(t: SystemTime) -> u128 {
 }
 
 /// Binds or inherits every socket.
-fn open_sockets(config: &Config) -> Result<Vec<Socket>, String> {
-    let mut inherited = ListenFds::from_env().map_err(|e| e.to_string())?;
+fn open_sockets(config: &Config, mut inherited: ListenFds) -> Result<Vec<Socket>, String> {
     let mut out = Vec::new();
     for b in &config.binds {
         if inherited.get(&b.name).is_some() {
-            let fd: OwnedFd = inherited.take(&b.name).map_err(|e| e.to_string())?;
+            let fd = take_inherited(&mut inherited, b)?;
             tracing::info!(name = %b.name, "using the socket passed by the service manager");
             out.push(Socket {
                 name: b.name.clone(),
@@ -295,10 +303,44 @@ fn open_sockets(config: &Config) -> Result<Vec<Socket>, String> {
     Ok(out)
 }
 
+/// Receives the fds passed by a service manager. Call it first, before the
+/// runtime exists: fds 3.. must still be the inherited ones, so that a
+/// `LISTEN_FDS` that claims too many names no descriptor of handover's own.
+pub fn receive_inherited() -> Result<ListenFds, String> {
+    ListenFds::from_env().map_err(|e| e.to_string())
+}
+
+/// Takes the socket the service manager passed under `b.name`, checked to be
+/// of the kind `b.address` binds: a regular file or a UDP socket where a TCP
+/// listener is expected would otherwise reach every generation, which would
+/// then fail on its first accept.
+fn take_inherited(inherited: &mut ListenFds, b: &Bind) -> Result<OwnedFd, String> {
+    let taken = match &b.address {
+        Address::Tcp(_) => inherited
+            .take::<std::net::TcpListener>(&b.name)
+            .map(OwnedFd::from),
+        Address::Udp(_) => inherited
+            .take::<std::net::UdpSocket>(&b.name)
+            .map(OwnedFd::from),
+        Address::Unix(_) => inherited
+            .take::<std::os::unix::net::UnixListener>(&b.name)
+            .map(OwnedFd::from),
+    };
+    taken.map_err(|e| {
+        format!(
+            "--bind {}={}: {e}. For this --bind the socket unit needs ListenStream= (tcp://, \
+             unix:) or ListenDatagram= (udp://); or give the --bind another name",
+            b.name, b.address
+        )
+    })
+}
+
 /// Runs the supervisor until it is stopped. Must run on a current-thread
-/// runtime on the main thread.
-pub async fn run(config: Config) -> Result<(), String> {
-    let sockets = open_sockets(&config)?;
+/// runtime on the main thread. `inherited` are the fds from the service
+/// manager, received with [`ListenFds::from_env`] before anything else
+/// opened a descriptor (see [`receive_inherited`]).
+pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
+    let sockets = open_sockets(&config, inherited)?;
     let runtime_dir = control::runtime_dir();
     control::ensure_private_dir(&runtime_dir)?;
     if let Some(dir) = config.control.parent()
@@ -369,8 +411,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
     let mut stop_replies = Vec::new();
     let mut no_replies = Vec::new();
+    let mut no_draining = None;
     let mut stopping = tokio::select! {
-        r = reload_once(&shared, false, &mut no_replies) => match r {
+        r = reload_once(&shared, false, &mut no_replies, &mut no_draining) => match r {
             Ok(_) => false,
             Err(e) => return Err(format!("the first generation did not start: {e}")),
         },
@@ -526,6 +569,8 @@ async fn reload_loop(
 ) {
     let mut attempts: u32 = 0;
     let mut last_attempt: Option<Instant> = None;
+    // The previous generation, stopping (see reload_once).
+    let mut draining: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -548,7 +593,7 @@ async fn reload_loop(
                 replies.extend(more.reply);
             }
         }
-        let answer = match reload_once(&shared, true, &mut replies).await {
+        let answer = match reload_once(&shared, true, &mut replies, &mut draining).await {
             Ok(a) => a,
             Err(e) => error_answer(e),
         };
@@ -572,15 +617,25 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
 }
 
 /// One reload: start a generation, wait until it is ready, make it current,
-/// answer `replies`, then stop the previous one and wait until it is gone.
-/// On failure the new generation is killed and the current one stays.
+/// answer `replies`, then stop the previous one. On failure the new
+/// generation is killed and the current one stays.
+///
+/// The previous generation stops on a task of its own, left in `draining`:
+/// the next reload waits for it before starting a generation (so at most two
+/// exist), but a restart after the current one died does not. Waiting there
+/// would leave nobody accepting for as long as the old one takes to drain
+/// (up to --stop-timeout) while connections pile up in the accept queue.
 async fn reload_once(
     shared: &Arc<Shared>,
     systemd_reloading: bool,
     replies: &mut Vec<oneshot::Sender<Answer>>,
+    draining: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> Result<Answer, String> {
-    let started = Instant::now();
     let has_current = lock(&shared.current).is_some();
+    if has_current && let Some(d) = draining.take() {
+        let _ = d.await;
+    }
+    let started = Instant::now();
     if let (Some(sig), true) = (shared.config.reload_signal, has_current) {
         let child = current_child(shared).ok_or("no current generation")?;
         child.reload_async().await.map_err(|e| e.to_string())?;
@@ -619,7 +674,10 @@ async fn reload_once(
                 let _ = r.send(answer.clone());
             }
             if let Some(old) = old {
-                stop_generation(shared, old).await;
+                let shared = shared.clone();
+                *draining = Some(tokio::spawn(async move {
+                    stop_generation(&shared, old).await;
+                }));
             }
             Ok(answer)
         }
@@ -701,7 +759,7 @@ async fn start_generation(shared: &Arc<Shared>) -> Result<(u64, u32, Duration), 
         let mut child = shared
             .child_config
             .spawn_with_fds(cmd, &activation)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("could not start a new generation: {e}"))?;
         managed.insert(child.pid());
         if let Some(pipe) = child.take_stderr() {
             pump_stderr(pipe, stderr.clone(), id);
@@ -983,8 +1041,13 @@ fn write_pid_file(path: &std::path::Path) -> Result<(), String> {
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+                _ => ".".to_string(),
+            };
             format!(
-                "cannot write the pid file {}: {e}; check that its directory exists and is writable",
+                "cannot write the pid file {}: {e}; expected {dir} to be a directory this user \
+                 can write to: create it or fix its permissions, or choose another --pid-file",
                 path.display()
             )
         })
@@ -1070,6 +1133,11 @@ mod tests {
                 .parse::<Bind>()
                 .unwrap_err()
                 .contains("not a socket name")
+        );
+        let e = "we:b=tcp://127.0.0.1:1".parse::<Bind>().unwrap_err();
+        assert!(
+            e.contains("\"we:b\" is not a socket name") && e.contains("without ':'"),
+            "{e}"
         );
         assert!("tcp://127.0.0.1".parse::<Bind>().is_err());
     }

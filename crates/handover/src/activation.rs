@@ -80,9 +80,10 @@ pub const UNKNOWN_NAME: &str = "unknown";
 /// The longest name the protocol allows.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// The most descriptors `LISTEN_FDS` may announce: Linux's default limit on
-/// open files per process (`fs.nr_open`). A larger count cannot be real,
-/// and believing it would make the parser allocate without bound.
+/// The most descriptors `LISTEN_FDS` may announce, whatever `fs.nr_open`
+/// says: Linux's default limit on open files per process. A larger count
+/// cannot be real here, and [`parse_env`], which lists a name per fd, must
+/// not allocate without bound.
 pub const MAX_LISTEN_FDS: usize = 1 << 20;
 
 /// Errors of socket activation.
@@ -128,6 +129,18 @@ pub enum ActivationError {
         /// The value of `LISTEN_FDS`.
         count: usize,
     },
+    /// `LISTEN_FDS` names more descriptors than can exist here.
+    #[error(
+        "LISTEN_FDS={value:?} is not valid: expected a count of descriptors this system can have \
+         open, at most {max} (descriptor numbers stay below fs.nr_open). Fix the program that \
+         started this one, or unset LISTEN_FDS."
+    )]
+    TooManyFds {
+        /// The value of `LISTEN_FDS`.
+        value: String,
+        /// The largest count possible here.
+        max: u64,
+    },
     /// [`ListenFds::from_env`] was called a second time.
     #[error(
         "the inherited fds were already received by this process: call ListenFds::from_env once \
@@ -151,7 +164,11 @@ pub enum ActivationError {
         name: String,
     },
     /// The descriptor is not of the requested kind.
-    #[error("inherited fd {fd} (named {name:?}): {source}")]
+    #[error(
+        "inherited fd {fd} (named {name:?}): {source}. The program that started this one passed \
+         another kind of descriptor under this name: fix it (under systemd, the socket unit's \
+         Listen*= line for FileDescriptorName={name}), or ask for the kind it is"
+    )]
     Convert {
         /// The fd number.
         fd: RawFd,
@@ -221,8 +238,42 @@ fn parse_decimal(v: &OsStr) -> Option<u64> {
 /// with another number of fields, or a name that is too long or has control
 /// characters are errors naming the variable.
 pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, ActivationError> {
+    Ok(match parse_vars(vars, my_pid)? {
+        None => Vec::new(),
+        Some((count, names)) => names.unwrap_or_else(|| vec![UNKNOWN_NAME.to_string(); count]),
+    })
+}
+
+/// Counts at most this large are taken as they are; larger ones are checked
+/// against the system's ceiling on descriptor numbers.
+const PLAUSIBLE_FDS: u64 = 1024;
+
+/// The largest `LISTEN_FDS` that can name open descriptors here: fds
+/// 3..3+n are all below `fs.nr_open` (1048576 unless raised).
+fn max_listen_fds() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    nr_open
+        .saturating_sub(LISTEN_FDS_START as u64)
+        .min((i32::MAX - LISTEN_FDS_START) as u64)
+        .min(MAX_LISTEN_FDS as u64)
+}
+
+/// How many fds were passed, and their names when `LISTEN_FDNAMES` gives
+/// them.
+type Parsed = (usize, Option<Vec<String>>);
+
+/// [`parse_env`] without building the list of names when there is no
+/// `LISTEN_FDNAMES`: `None` (no fds for this process) or the count and the
+/// names given.
+///
+/// Nothing here allocates in proportion to the count: a count of two
+/// billion must be an error, not an attempt to allocate 48 GB.
+fn parse_vars(vars: EnvVars<'_>, my_pid: u32) -> Result<Option<Parsed>, ActivationError> {
     let Some(pid) = vars.pid else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let pid = parse_decimal(pid)
         .filter(|&p| p > 0 && p <= i32::MAX as u64)
@@ -233,24 +284,34 @@ pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, Activati
             hint: "Fix the program that started this one, or unset LISTEN_PID.",
         })?;
     if pid != u64::from(my_pid) {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let Some(fds) = vars.fds else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let count = parse_decimal(fds)
-        .filter(|&n| n <= MAX_LISTEN_FDS as u64)
+        .filter(|&n| n <= (i32::MAX - LISTEN_FDS_START) as u64)
         .ok_or_else(|| ActivationError::BadVariable {
             var: "LISTEN_FDS",
             value: lossy(fds),
-            expected: "a count of descriptors (a decimal integer from 0 to 1048576)",
+            expected: "a count of descriptors (a decimal integer from 0 to 2147483644)",
             hint: "Fix the program that started this one, or unset LISTEN_FDS.",
-        })? as usize;
+        })?;
+    if count > PLAUSIBLE_FDS {
+        let max = max_listen_fds();
+        if count > max {
+            return Err(ActivationError::TooManyFds {
+                value: lossy(fds),
+                max,
+            });
+        }
+    }
+    let count = count as usize;
     if count == 0 {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let Some(names) = vars.names else {
-        return Ok(vec![UNKNOWN_NAME.to_string(); count]);
+        return Ok(Some((count, None)));
     };
     let text = names.to_str().ok_or_else(|| ActivationError::BadVariable {
         var: "LISTEN_FDNAMES",
@@ -266,7 +327,7 @@ pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, Activati
             count,
         });
     }
-    fields
+    let names = fields
         .into_iter()
         .map(|f| {
             if f.is_empty() {
@@ -282,7 +343,8 @@ pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, Activati
                 Ok(f.to_string())
             }
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((count, Some(names))))
 }
 
 /// Whether `name` may be passed in `LISTEN_FDNAMES`.
@@ -338,14 +400,28 @@ impl ListenFds {
             fds: fds.as_deref(),
             names: names.as_deref(),
         };
-        let names = parse_env(vars, std::process::id())?;
-        if names.is_empty() {
+        let Some((count, names)) = parse_vars(vars, std::process::id())? else {
             return Ok(ListenFds::default());
-        }
+        };
         if RECEIVED.swap(true, Ordering::SeqCst) {
             return Err(ActivationError::AlreadyReceived);
         }
-        let count = names.len();
+        // Every fd is checked before any is adopted. When LISTEN_FDS claims
+        // more fds than were passed, the numbers above the real ones may be
+        // descriptors this process opened itself (a runtime's epoll fd, a
+        // log file): adopting them and closing them on the error path would
+        // pull them from under their owners.
+        for i in 0..count {
+            let fd = LISTEN_FDS_START + i as RawFd;
+            let open = sys::fd_is_open(fd).map_err(|source| ActivationError::Io {
+                context: "checking an inherited fd",
+                source,
+            })?;
+            if !open {
+                return Err(ActivationError::FdNotOpen { fd, count });
+            }
+        }
+        let names = names.unwrap_or_else(|| vec![UNKNOWN_NAME.to_string(); count]);
         let mut slots = Vec::with_capacity(count);
         for (i, name) in names.into_iter().enumerate() {
             let fd = LISTEN_FDS_START + i as RawFd;
@@ -356,7 +432,8 @@ impl ListenFds {
                     context: "checking an inherited fd",
                     source,
                 })?
-                // The fds already adopted are closed as `slots` drops.
+                // Checked just above; the fds already adopted are closed as
+                // `slots` drops.
                 .ok_or(ActivationError::FdNotOpen { fd, count })?;
             rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| {
                 ActivationError::Io {

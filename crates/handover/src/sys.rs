@@ -40,6 +40,21 @@ pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> io::Result<Option<OwnedFd>
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Whether `fd` is an open descriptor of this process. Takes no ownership.
+pub(crate) fn fd_is_open(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: F_GETFD only reads the descriptor flags of `fd`; an fd that is
+    // not open gives EBADF and nothing else happens. No ownership is taken.
+    let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if r == -1 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EBADF) {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(true)
+}
+
 /// Removes `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` from this
 /// process's environment, so that programs it starts later do not see them.
 ///

@@ -11,6 +11,15 @@ connections idle for longer than GRACE seconds, and exits when all are done.
 Every answer's body is `pid=<its pid>` and a newline; the header X-Fd-Names
 says which names it received. SIGUSR1 writes a file `usr1-<pid>` into
 $SERVER_MARK_DIR (to check handover forwards signals).
+
+For fault tests:
+- `GET /slow?ms=N` appends a line to `$SERVER_MARK_DIR/slow-<pid>` when the
+  request arrives (so a test knows it is in flight), then answers after N ms.
+- SERVER_CRASH_AFTER_READY_MS=N: after READY=1 the server accepts connections
+  for N ms without answering any, writes how many it accepted to
+  `$SERVER_MARK_DIR/held-<pid>`, says so on stderr and exits with code 4 (a
+  generation that crashes right after it became ready; the connections it
+  held are the only ones that may fail).
 """
 import os
 import select
@@ -65,6 +74,10 @@ def serve(conn, fdnames):
                 buf += data
                 continue
             head, buf = buf.split(b"\r\n\r\n", 1)
+            slow_ms = slow_request_ms(head)
+            if slow_ms is not None:
+                mark("slow-%d" % os.getpid(), "1\n")
+                time.sleep(slow_ms / 1000.0)
             close = draining.is_set() or b"connection: close" in head.lower()
             body = ("pid=%d\n" % os.getpid()).encode()
             headers = "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Fd-Names: %s\r\n%s\r\n" % (
@@ -84,6 +97,56 @@ def serve(conn, fdnames):
             active.discard(threading.current_thread())
 
 
+def slow_request_ms(head):
+    """N for a request line `GET /slow?ms=N ...`, else None."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) < 2 or not parts[1].startswith(b"/slow"):
+        return None
+    for field in parts[1].partition(b"?")[2].split(b"&"):
+        if field.startswith(b"ms="):
+            try:
+                return int(field[3:])
+            except ValueError:
+                pass
+    return 1000
+
+
+def mark(name, text):
+    """Appends `text` to the file `name` in $SERVER_MARK_DIR (if set)."""
+    d = os.environ.get("SERVER_MARK_DIR")
+    if d:
+        with lock:
+            with open(os.path.join(d, name), "a") as f:
+                f.write(text)
+
+
+def crash_after_ready(socks, ms):
+    """Accepts for `ms` milliseconds without answering, records the count,
+    then exits with an error: the connections held here are lost."""
+    held = []
+    deadline = time.monotonic() + ms / 1000.0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            ready, _, _ = select.select(socks, [], [], min(left, 0.05))
+        except InterruptedError:
+            continue
+        for s in ready:
+            try:
+                conn, _ = s.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            held.append(conn)
+    mark("held-%d" % os.getpid(), "%d\n" % len(held))
+    sys.stderr.write(
+        "server.py: crashing on purpose right after READY=1, holding %d connection(s)\n" % len(held)
+    )
+    sys.stderr.flush()
+    os._exit(4)
+
+
 def on_usr1(signum, frame):
     d = os.environ.get("SERVER_MARK_DIR")
     if d:
@@ -100,6 +163,9 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: draining.set())
     signal.signal(signal.SIGUSR1, on_usr1)
     notify("READY=1\nSTATUS=serving")
+    crash_ms = os.environ.get("SERVER_CRASH_AFTER_READY_MS")
+    if crash_ms:
+        crash_after_ready(socks, int(crash_ms))
     while not draining.is_set():
         try:
             ready, _, _ = select.select(socks, [], [], 0.1)

@@ -58,7 +58,9 @@ pub struct Setup {
 /// Writes the Python server and its mode wrapper into `dir`; returns the
 /// wrapper's path. The wrapper reads `<dir>/mode` at every start: `ok` runs
 /// the server, `crash` prints to stderr and exits 3, `hang` never becomes
-/// ready.
+/// ready, `ready-crash` (once: it sets the mode back to `ok`) runs the
+/// server with SERVER_CRASH_AFTER_READY_MS=300 (ready, then holds what it
+/// accepts for 300 ms and exits 4).
 pub fn write_server(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("server.py"), SERVER_PY).unwrap();
     std::fs::write(dir.join("mode"), "ok").unwrap();
@@ -66,7 +68,7 @@ pub fn write_server(dir: &Path) -> PathBuf {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ncase \"$(cat '{d}/mode')\" in\n  crash) echo 'boom: bad config on line 7' >&2; exit 3;;\n  hang) exec sleep 60;;\nesac\nexec python3 '{d}/server.py'\n",
+            "#!/bin/sh\ncase \"$(cat '{d}/mode')\" in\n  crash) echo 'boom: bad config on line 7' >&2; exit 3;;\n  hang) exec sleep 60;;\n  ready-crash) echo ok > '{d}/mode'; export SERVER_CRASH_AFTER_READY_MS=300;;\nesac\nexec python3 '{d}/server.py'\n",
             d = dir.display()
         ),
     )
@@ -323,16 +325,92 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// Child processes of `pid` (forked by any of its threads).
 pub fn children_of(pid: u32) -> Vec<u32> {
+    children(pid)
+}
+
+/// Child processes of `pid` (from /proc/PID/task/*/children).
+pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
     for t in tasks.flatten() {
-        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(
-            text.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
     }
+    out.sort_unstable();
+    out.dedup();
     out
+}
+
+/// Resident memory of `pid` in KiB (VmRSS in /proc/PID/status).
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Sends one raw request line to a control socket and returns the answer
+/// line (empty when the connection closed without one).
+pub fn control_raw(path: &Path, request: &[u8], timeout: Duration) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(request)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    Ok(answer)
+}
+
+/// A control request (`{"cmd":CMD}`) answered as JSON.
+pub fn control_json(path: &Path, cmd: &str, timeout: Duration) -> Option<serde_json::Value> {
+    let line = format!("{{\"cmd\":\"{cmd}\"}}\n");
+    let answer = control_raw(path, line.as_bytes(), timeout).ok()?;
+    serde_json::from_str(&answer).ok()
+}
+
+/// One `GET path` on a new connection; the whole response (empty on any
+/// error: refused, reset, timed out).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
+    {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The pid in a `pid=N` response body.
+pub fn pid_in(response: &str) -> Option<u32> {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// Kills `pid` (SIGKILL) on drop, for processes a test starts itself.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -167,6 +167,20 @@ pub(super) fn spawn_error(label: &str, program: &Path, source: io::Error) -> Chi
             "; {} is not in a format the kernel can run: a script needs a #! line",
             program.display()
         ),
+        Some(Errno::MFILE) => format!(
+            "; expected a free file descriptor in this process, but it has reached its limit of \
+             open files (RLIMIT_NOFILE{}): raise it (`ulimit -n` in the shell that starts it, \
+             LimitNOFILE= in a systemd unit) or find what holds so many descriptors \
+             (ls /proc/{}/fd)",
+            nofile_limit(),
+            std::process::id()
+        ),
+        Some(Errno::NFILE) => "; the whole system is out of file descriptors: raise \
+             fs.file-max (sysctl) or stop what holds them"
+            .to_string(),
+        Some(Errno::AGAIN) => "; expected to be allowed one more process, but a process limit \
+             was reached: raise `ulimit -u` (LimitNPROC= or TasksMax= under systemd)"
+            .to_string(),
         _ => String::new(),
     };
     ChildError::Spawn {
@@ -174,6 +188,14 @@ pub(super) fn spawn_error(label: &str, program: &Path, source: io::Error) -> Chi
         source,
         hint,
     }
+}
+
+/// `" = N"`: this process's soft limit of open files, when known.
+fn nofile_limit() -> String {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map(|n| format!(" = {n}"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
