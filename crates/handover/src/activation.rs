@@ -389,6 +389,12 @@ impl ListenFds {
     /// Only the first call in a process can receive descriptors; later calls
     /// return [`ActivationError::AlreadyReceived`] (when there are any). The
     /// environment is read, never changed.
+    ///
+    /// Call it first thing in `main`, before anything opens a descriptor (a
+    /// tokio runtime, a log file): the protocol says fds 3.. are inherited,
+    /// and there is no way to tell an inherited fd from one this process
+    /// opened itself at the same number. Every announced fd is checked to be
+    /// open before any is taken.
     pub fn from_env() -> Result<ListenFds, ActivationError> {
         let (pid, fds, names) = (
             std::env::var_os("LISTEN_PID"),

@@ -25,18 +25,11 @@ use std::process::Command;
 /// nothing else will ever adopt it: `activation::ListenFds::from_env` calls
 /// this once per process, behind a global guard.
 pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
-    // SAFETY: F_GETFD only reads the descriptor flags of `fd`; an fd that is
-    // not open gives EBADF and nothing else happens.
-    let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if r == -1 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EBADF) {
-            return Ok(None);
-        }
-        return Err(err);
+    if !fd_is_open(fd)? {
+        return Ok(None);
     }
-    // SAFETY: `fd` is open (F_GETFD succeeded) and, by this function's
-    // contract, owned by nobody else in this process.
+    // SAFETY: `fd` is open and, by this function's contract, owned by
+    // nobody else in this process.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
