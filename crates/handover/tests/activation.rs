@@ -2,71 +2,17 @@
 //! itself as the child (selected by `HANDOVER_TEST_ROLE`), so the receiving
 //! side runs exactly as a server started by systemd would.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{Guard, ROLE, reports, role_command, wait_exit};
 use handover::activation::{Activation, ActivationError, ListenFds};
-
-const ROLE: &str = "HANDOVER_TEST_ROLE";
-
-/// Kills the child by pid when dropped, even if the test failed.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs this test binary's `child_role` test as a child process.
-fn child_command(role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE, role)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    cmd
-}
-
-/// Collects the child's stdout lines that start with `report:`; fails after
-/// `deadline`.
-fn reports(guard: &mut Guard, deadline: Duration) -> Vec<String> {
-    let out = guard.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(r) = line.strip_prefix("report:") {
-                lines.push(r.to_string());
-            }
-        }
-        let _ = tx.send(lines);
-    });
-    rx.recv_timeout(deadline)
-        .expect("child did not finish in time")
-}
-
-fn wait_exit(guard: &mut Guard, deadline: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = guard.0.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < deadline, "child did not exit in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// The child side. A no-op in the normal test run.
 #[test]
@@ -212,7 +158,7 @@ fn parent_passes_named_sockets_to_a_child() {
         .unwrap()
         .fd("async", asynch.as_fd())
         .unwrap();
-    let mut cmd = child_command("serve");
+    let mut cmd = role_command("serve");
     cmd.env("HANDOVER_TEST_MARKER", &marker_path);
     let mut child = Guard(a.spawn(cmd).unwrap());
     drop(marker);
@@ -272,7 +218,7 @@ fn parent_passes_named_sockets_to_a_child() {
 
 #[test]
 fn another_pid_means_no_fds() {
-    let mut cmd = child_command("expect-none");
+    let mut cmd = role_command("expect-none");
     cmd.env("LISTEN_PID", "1").env("LISTEN_FDS", "2");
     let mut child = Guard(cmd.spawn().unwrap());
     let lines = reports(&mut child, Duration::from_secs(30));

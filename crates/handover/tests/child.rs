@@ -3,6 +3,8 @@
 //! Tests run in parallel on small machines: every wait has a deadline, and
 //! every child is killed by a guard even when an assertion fails.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Deref;
 use std::os::fd::AsFd;
@@ -23,8 +25,7 @@ use handover::child::{
 fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-            .expect("PR_SET_CHILD_SUBREAPER");
+        common::become_subreaper();
     });
 }
 
@@ -103,17 +104,7 @@ fn spawn_ready(config: &ChildConfig, script: &str) -> (Guard, Receiver<String>) 
 /// `(pid, state)` of every process whose process group is `pgid`.
 fn group_processes(pgid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
+    for (pid, stat) in common::proc_stats() {
         let Some(close) = stat.rfind(')') else {
             continue;
         };

@@ -3,6 +3,8 @@
 //! Alone in its test binary: it counts this process's descriptors and
 //! children, which other tests running in parallel would change.
 
+mod common;
+
 use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,17 +33,7 @@ fn open_fds() -> Vec<String> {
 fn zombie_children() -> Vec<(u32, String)> {
     let me = std::process::id().to_string();
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
+    for (pid, stat) in common::proc_stats() {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };

@@ -2,23 +2,15 @@
 //! child sends to it through NOTIFY_SOCKET, and the message carries the
 //! child's pid.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{Guard, ROLE};
 use handover::notify::{Message, Notifier, NotifySocket, State, render};
 use proptest::prelude::*;
-
-const ROLE: &str = "HANDOVER_TEST_ROLE";
-
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn child_role() {

@@ -6,20 +6,23 @@
 //! count their own descriptors in `/proc/self/fd` without interference
 //! from tests running in parallel in this process.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use common::{Guard, report_stream, self_command, wait_exit};
 use handover::pass::wire::{self, Header};
 use handover::pass::{
     self, Meta, Metadata, PassError, Peers, ReceiveOptions, Receiver, Sender, Server, Session,
@@ -30,47 +33,14 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
 
-/// Kills and reaps the child when dropped, even if the test failed.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// This test binary, re-executed to run `child_role` as `role`.
 fn child_command(role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE, role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    let mut cmd = self_command();
+    cmd.env(ROLE, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     cmd
-}
-
-/// The child's `report:` lines, as they come.
-fn reports(guard: &mut Guard) -> mpsc::Receiver<String> {
-    let out = guard.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(r) = line.strip_prefix("report:")
-                && tx.send(r.to_string()).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// Collects report lines into a map until `last` arrives.
@@ -88,17 +58,6 @@ fn collect(rx: &mpsc::Receiver<String>, last: &str) -> BTreeMap<String, String> 
         if done {
             return map;
         }
-    }
-}
-
-fn wait_exit(guard: &mut Guard) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = guard.0.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < DEADLINE, "child did not exit in time");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -306,7 +265,7 @@ fn pass_between_processes(n: usize) {
             .spawn()
             .unwrap(),
     );
-    let srx = reports(&mut sender);
+    let srx = report_stream(&mut sender);
     let sent = collect(&srx, "ready");
     let mut receiver = Guard(
         child_command("recv")
@@ -315,11 +274,11 @@ fn pass_between_processes(n: usize) {
             .spawn()
             .unwrap(),
     );
-    let rrx = reports(&mut receiver);
+    let rrx = report_stream(&mut receiver);
     let got = collect(&rrx, "done");
     let sent_end = collect(&srx, "done");
-    assert!(wait_exit(&mut receiver).success());
-    assert!(wait_exit(&mut sender).success());
+    assert!(wait_exit(&mut receiver, DEADLINE).success());
+    assert!(wait_exit(&mut sender, DEADLINE).success());
 
     assert_eq!(got.get("error"), None, "receiver failed: {got:?}");
     assert_eq!(got["count"], (2 * n).to_string());
@@ -383,9 +342,9 @@ fn truncated_ancillary_data_is_an_error_and_leaks_nothing() {
             .spawn()
             .unwrap(),
     );
-    let rx = reports(&mut child);
+    let rx = report_stream(&mut child);
     let got = collect(&rx, "done");
-    assert!(wait_exit(&mut child).success());
+    assert!(wait_exit(&mut child, DEADLINE).success());
     assert!(got["result"].starts_with("ctrunc: "), "{got:?}");
     assert!(got["result"].contains("RLIMIT_NOFILE"), "{got:?}");
     assert_eq!(got["fds_before"], got["fds_after"], "{got:?}");
@@ -456,9 +415,9 @@ fn peer_with_another_uid_is_refused() {
             .spawn()
             .unwrap(),
     );
-    let rx = reports(&mut child);
+    let rx = report_stream(&mut child);
     let got = collect(&rx, "result");
-    assert!(wait_exit(&mut child).success());
+    assert!(wait_exit(&mut child, DEADLINE).success());
     assert_eq!(got["uid"], "65534");
     assert!(got["result"].starts_with("error: "), "{got:?}");
     assert!(got["result"].contains("refused"), "{got:?}");

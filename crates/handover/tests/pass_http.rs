@@ -10,13 +10,16 @@
 #[allow(dead_code)]
 mod pass_http;
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{Guard, self_command};
 use handover_verify::{Load, LoadConfig, Mode};
 
 const ROLE: &str = "HANDOVER_PASS_HTTP_ARGS";
@@ -37,31 +40,17 @@ fn child_role() {
 
 /// One instance; killed and reaped when dropped, even if the test failed.
 struct Instance {
-    child: Child,
+    child: Guard,
     addr: SocketAddr,
     pid: u32,
     how: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Instance {
     /// Starts `pass_http --listen 127.0.0.1:0 --handoff PATH` and waits for
     /// its "listening on" line.
     fn start(handoff: &Path) -> Instance {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_role",
-                "--nocapture",
-                "--test-threads=1",
-                "-q",
-            ])
+        let mut child = self_command()
             .env(
                 ROLE,
                 format!(
@@ -85,7 +74,7 @@ impl Instance {
         });
         let pid = child.id();
         let mut instance = Instance {
-            child,
+            child: Guard(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             pid,
             how: String::new(),
@@ -104,7 +93,7 @@ impl Instance {
     fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.child.0.try_wait().unwrap() {
                 return s;
             }
             assert!(Instant::now() < deadline, "pid {} did not exit", self.pid);

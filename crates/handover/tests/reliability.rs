@@ -11,23 +11,20 @@
 #[allow(dead_code)]
 mod upgrade_http;
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{ARGS, Guard, ROLE, Server, is_zombie_or_gone, reports, role_command};
 use handover::activation::{Activation, EnvVars, ListenFds, parse_env};
 use handover_verify::{Load, LoadConfig, Mode};
-use rustix::process::{Pid, Signal, WaitOptions};
-
-const ROLE: &str = "HANDOVER_TEST_ROLE";
-const ARGS: &str = "HANDOVER_TEST_ARGS";
 
 /// The child side; a no-op in the normal test run.
 #[test]
@@ -62,225 +59,18 @@ fn child_role() {
     }
 }
 
-/// Kills a child we started, by pid, when dropped.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn role_command(role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE, role)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    cmd
-}
-
-/// The `report:` lines of a child, with a deadline.
-fn reports(guard: &mut Guard, deadline: Duration) -> Vec<String> {
-    let out = guard.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let lines: Vec<String> = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| l.strip_prefix("report:").map(String::from))
-            .collect();
-        let _ = tx.send(lines);
-    });
-    rx.recv_timeout(deadline)
-        .expect("child did not finish in time")
-}
-
 // ---------------------------------------------------------------------------
 // Self-upgrade: the new process cannot write the pid file.
 
-/// Orphaned generations are re-parented to this process, which reaps them.
-fn become_subreaper() {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
-}
-
-fn reap(pid: u32, timeout: Duration) -> bool {
-    let Some(p) = Pid::from_raw(pid as i32) else {
-        return true;
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        match rustix::process::waitpid(Some(p), WaitOptions::NOHANG) {
-            Ok(Some(_)) => return true,
-            Ok(None) => {}
-            Err(_) => return !Path::new(&format!("/proc/{pid}")).exists(),
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A chain of `upgrade_http` generations started through a symlink, with
-/// the pid file in a directory of its own. Kills every generation it saw on
-/// drop.
-struct Server {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    first: std::process::Child,
-    pids: Mutex<Vec<u32>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pids = self.pids.lock().unwrap().clone();
-        for &pid in &pids {
-            if let Some(p) = Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, Signal::KILL);
-            }
-        }
-        let _ = self.first.kill();
-        let _ = self.first.wait();
-        for &pid in &pids {
-            reap(pid, Duration::from_millis(200));
-        }
-    }
-}
-
 impl Server {
+    /// `upgrade_http` with the pid file in a directory of its own,
+    /// `DIR/run`.
     fn start() -> Server {
-        become_subreaper();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("run")).unwrap();
-        let app = dir.path().join("app");
-        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &app).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut cmd = Command::new(&app);
-        cmd.args([
-            "--exact",
-            "child_role",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(ROLE, "upgrade_http")
-        .env(
-            ARGS,
-            format!(
-                "--listen tcp://127.0.0.1:0 --pid-file {} --ready-timeout 20 --idle-grace-ms 2000",
-                dir.path().join("run/pid").display()
-            ),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut a = Activation::new();
-        a.fd("http", listener.as_fd()).unwrap();
-        let mut first = a.spawn(cmd).unwrap();
-        drop(listener);
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let out = first.stderr.take().unwrap();
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let pid = first.id();
-        let s = Server {
-            dir,
-            addr,
-            first,
-            pids: Mutex::new(vec![pid]),
-            stderr,
-        };
-        s.wait_pid_file(pid, Duration::from_secs(30));
-        s
+        Server::spawn("run/pid", "--ready-timeout 20 --idle-grace-ms 2000", &[])
     }
 
     fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
-    }
-
-    fn current(&self) -> Option<u32> {
-        std::fs::read_to_string(self.run_dir().join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn wait_pid_file(&self, pid: u32, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.current() != Some(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "pid file never said {pid}; stderr:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}; stderr:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Pids of started successors, from the log, remembered for cleanup.
-    fn note_started_pids(&self) {
-        let started: Vec<u32> = self
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("started the new process"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("pid="))
-                    .and_then(|p| p.parse().ok())
-            })
-            .collect();
-        let mut pids = self.pids.lock().unwrap();
-        for p in started {
-            if !pids.contains(&p) {
-                pids.push(p);
-            }
-        }
-    }
-
-    fn hup(&self, pid: u32) {
-        rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::HUP).unwrap();
     }
 }
 
@@ -305,7 +95,7 @@ fn upgrade_whose_successor_cannot_write_the_pid_file_is_rolled_back() {
     // not stop the new process, but ENOTDIR does.
     std::fs::remove_dir_all(server.run_dir()).unwrap();
     std::fs::write(server.run_dir(), "not a directory").unwrap();
-    server.hup(first);
+    server.hup_pid(first);
     let failed = server.wait_log("upgrade failed", Duration::from_secs(60));
     server.note_started_pids();
     assert!(
@@ -332,11 +122,11 @@ fn upgrade_whose_successor_cannot_write_the_pid_file_is_rolled_back() {
     std::fs::create_dir(server.run_dir()).unwrap();
     let seen: BTreeSet<u32> = loads.iter().flat_map(|l| l.pids_seen()).collect();
     assert_eq!(seen, BTreeSet::from([first]), "only the old process served");
-    server.hup(first);
+    server.hup_pid(first);
     let new = loads[0]
         .wait_for_new_pid(&seen, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("no new pid answered:\n{}", server.log()));
-    server.pids.lock().unwrap().push(new);
+    server.remember(new);
     server.wait_pid_file(new, Duration::from_secs(30));
 
     for load in loads {
@@ -363,7 +153,7 @@ fn a_sighup_sent_as_soon_as_the_pid_file_names_a_new_process_upgrades_it() {
     let load = Load::start(cfg).unwrap();
     assert!(load.wait_for_ok(30, Duration::from_secs(30)));
     let mut pid = server.current().unwrap();
-    server.hup(pid);
+    server.hup_pid(pid);
     for i in 0..15 {
         // Spin: signal the next process the moment the pid file names it.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -372,9 +162,7 @@ fn a_sighup_sent_as_soon_as_the_pid_file_names_a_new_process_upgrades_it() {
                 Some(p) if p != pid => break p,
                 _ => {}
             }
-            let dead = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
-            });
+            let dead = is_zombie_or_gone(pid);
             assert!(
                 !dead || server.current() != Some(pid),
                 "upgrade {i}: process {pid} died of the SIGHUP sent as the pid file named it:\n{}",
@@ -387,9 +175,9 @@ fn a_sighup_sent_as_soon_as_the_pid_file_names_a_new_process_upgrades_it() {
             );
             std::hint::spin_loop();
         };
-        server.pids.lock().unwrap().push(next);
+        server.remember(next);
         if i < 14 {
-            server.hup(next);
+            server.hup_pid(next);
         }
         pid = next;
     }

@@ -11,22 +11,20 @@
 #[allow(dead_code)]
 mod upgrade_http;
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{ARGS, ROLE, Server, become_subreaper, reap, self_command};
 use handover::activation::Activation;
 use handover_verify::{Load, LoadConfig, Mode};
-use rustix::process::{Pid, Signal, WaitOptions};
-
-const ROLE: &str = "HANDOVER_TEST_ROLE";
-const ARGS: &str = "HANDOVER_TEST_ARGS";
+use rustix::process::{Pid, Signal};
 
 #[test]
 fn child_role() {
@@ -45,235 +43,10 @@ fn child_role() {
     upgrade_http::run(args).unwrap();
 }
 
-/// A running chain of server generations. Kills every generation it saw
-/// when dropped, even when the test failed.
-struct Server {
-    dir: tempfile::TempDir,
-    app: PathBuf,
-    addr: SocketAddr,
-    inode: u64,
-    first: std::process::Child,
-    pids: Vec<u32>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for &pid in &self.pids {
-            if let Some(p) = Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, Signal::KILL);
-            }
-        }
-        let _ = self.first.kill();
-        let _ = self.first.wait();
-        for &pid in &self.pids {
-            reap(pid, Duration::from_millis(200));
-        }
-    }
-}
-
-/// Orphaned generations are re-parented to this process, so it can reap
-/// them and check none is left a zombie.
-fn become_subreaper() {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
-}
-
-/// Reaps `pid` (a child or an adopted orphan); true once it is gone.
-fn reap(pid: u32, timeout: Duration) -> bool {
-    let Some(p) = Pid::from_raw(pid as i32) else {
-        return true;
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        match rustix::process::waitpid(Some(p), WaitOptions::NOHANG) {
-            Ok(Some(_)) => return true,
-            Ok(None) => {}
-            // Not our child (any more): gone, or reaped elsewhere.
-            Err(_) => return !Path::new(&format!("/proc/{pid}")).exists(),
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn is_zombie_or_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
-}
-
 impl Server {
+    /// `upgrade_http` with the pid file at `DIR/pid` and `extra` arguments.
     fn start(extra: &str) -> Server {
-        become_subreaper();
-        let dir = tempfile::tempdir().unwrap();
-        let app = dir.path().join("app");
-        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &app).unwrap();
-        // The socket is bound here and passed as "http", as systemd would;
-        // this process then closes its copy, so only the chain holds it.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let inode = rustix::fs::fstat(&listener).unwrap().st_ino;
-        let pid_file = dir.path().join("pid");
-        let mut cmd = Command::new(&app);
-        cmd.args([
-            "--exact",
-            "child_role",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(ROLE, "upgrade_http")
-        .env(
-            ARGS,
-            format!(
-                "--listen tcp://127.0.0.1:0 --pid-file {} {extra}",
-                pid_file.display()
-            ),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut a = Activation::new();
-        a.fd("http", listener.as_fd()).unwrap();
-        let mut first = a.spawn(cmd).unwrap();
-        drop(listener);
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let out = first.stderr.take().unwrap();
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let pid = first.id();
-        let s = Server {
-            dir,
-            app,
-            addr,
-            inode,
-            first,
-            pids: vec![pid],
-            stderr,
-        };
-        s.wait_pid_file(pid, Duration::from_secs(30));
-        s
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.dir.path().join("pid")
-    }
-
-    fn current(&self) -> Option<u32> {
-        std::fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn wait_pid_file(&self, pid: u32, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.current() != Some(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "pid file never said {pid}; stderr:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn hup(&self) {
-        let pid = self.current().unwrap();
-        rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::HUP).unwrap();
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(needle))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}; stderr:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Points the symlink at `target` (atomically, as a deploy would).
-    fn deploy(&self, target: &Path) {
-        let tmp = self.dir.path().join("app.new");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp).unwrap();
-        std::fs::rename(&tmp, &self.app).unwrap();
-    }
-
-    fn script(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p
-    }
-
-    /// One upgrade that must succeed: returns the new pid after the old
-    /// process has exited and been reaped.
-    fn upgrade(&mut self, load: &Load) -> u32 {
-        let old = self.current().unwrap();
-        let mut seen: BTreeSet<u32> = load.pids_seen();
-        seen.insert(old);
-        self.hup();
-        let new = load
-            .wait_for_new_pid(&seen, Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("no new pid answered; stderr:\n{}", self.log()));
-        assert_ne!(new, old);
-        self.pids.push(new);
-        self.wait_pid_file(new, Duration::from_secs(10));
-        if old == self.first.id() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while self.first.try_wait().unwrap().is_none() {
-                assert!(
-                    Instant::now() < deadline,
-                    "first process did not exit:\n{}",
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        } else {
-            assert!(
-                reap(old, Duration::from_secs(30)),
-                "old process {old} did not exit:\n{}",
-                self.log()
-            );
-        }
-        assert!(is_zombie_or_gone(old));
-        assert!(
-            !Path::new(&format!("/proc/{old}")).exists(),
-            "{old} is still there"
-        );
-        new
-    }
-
-    fn serves_same_socket(&self, pid: u32) -> bool {
-        let want = format!("socket:[{}]", self.inode);
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .flatten()
-            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+        Server::spawn("pid", extra, &[("RUST_LOG", "info")])
     }
 }
 
@@ -307,7 +80,8 @@ fn twenty_upgrades(mode: Mode) {
         "the last generation uses another socket"
     );
     // Only the last generation is alive; every other one is gone (reaped).
-    for &pid in &server.pids[..server.pids.len() - 1] {
+    let pids = server.pids();
+    for &pid in &pids[..pids.len() - 1] {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "generation {pid} is still there"
@@ -380,7 +154,7 @@ fn failed_upgrades_roll_back_and_a_later_one_succeeds() {
 
 #[test]
 fn a_second_upgrade_during_a_slow_one_is_refused() {
-    let mut server = Server::start("");
+    let server = Server::start("");
     let exe = std::env::current_exe().unwrap();
     server.deploy(&server.script(
         "slow",
@@ -398,7 +172,7 @@ fn a_second_upgrade_during_a_slow_one_is_refused() {
     let new = load
         .wait_for_new_pid(&seen, Duration::from_secs(30))
         .expect("the slow upgrade finished");
-    server.pids.push(new);
+    server.remember(new);
     let report = load.stop();
     assert_eq!(
         report.failures_total(),
@@ -493,18 +267,11 @@ fn a_sighup_right_after_ready_is_handled_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE, "signals_first")
-    .env("HANDOVER_TEST_PID_FILE", &pid_file)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut cmd = self_command();
+    cmd.env(ROLE, "signals_first")
+        .env("HANDOVER_TEST_PID_FILE", &pid_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut a = Activation::new();
     a.fd("http", listener.as_fd()).unwrap();
     let mut first = a.spawn(cmd).unwrap();
