@@ -187,12 +187,14 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
         let tx = tx.clone();
         let slots = slots.clone();
         tokio::spawn(async move {
-            match rustix::net::sockopt::socket_peercred(&stream) {
-                Ok(cred) if cred.uid == me || cred.uid.is_root() => {}
+            // A client in another pid namespace (the host, for a handover in a
+            // container) has pid 0 here; its uid is what is checked.
+            match handover::socket::PeerCred::of(std::os::fd::AsFd::as_fd(&stream)) {
+                Ok(cred) if cred.uid == me.as_raw() || cred.uid == 0 => {}
                 Ok(cred) => {
                     tracing::warn!(
-                        pid = cred.pid.as_raw_nonzero().get(),
-                        uid = cred.uid.as_raw(),
+                        pid = cred.pid,
+                        uid = cred.uid,
                         "control socket: refused a client of another user"
                     );
                     return;

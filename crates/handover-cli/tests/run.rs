@@ -575,3 +575,103 @@ fn signals_during_start_up_leave_no_orphan() {
         || gone(generation),
     );
 }
+
+#[test]
+fn as_pid_1_handover_reaps_orphans() {
+    // A new pid namespace makes handover pid 1, as in a container. The
+    // generation leaves an orphan behind (a subshell that backgrounds a
+    // short sleep and exits): it is re-parented to handover, which must reap
+    // it when it ends.
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        panic!(
+            "unshare --pid --fork --mount-proc failed: this test needs root (or user namespaces); .ci/run runs as root"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.py"), support::SERVER_PY).unwrap();
+    let wrapper = dir.path().join("orphans.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor i in 1 2 3; do (sleep 0.3 &) ; done\nexec python3 '{}/server.py'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let control = dir.path().join("c.sock");
+    let unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(support::handover_bin())
+        .args(["run", "--bind", "tcp://127.0.0.1:0", "--control"])
+        .arg(&control)
+        .arg("--")
+        .arg(&wrapper)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let unshare = Kill(unshare);
+    // handover (pid 1 inside) is unshare's child outside.
+    let mut handover = 0;
+    wait_until(
+        "handover runs as pid 1 of its namespace",
+        Duration::from_secs(20),
+        || {
+            handover = support::children_of(unshare.0.id())
+                .first()
+                .copied()
+                .unwrap_or(0);
+            handover != 0
+                && std::fs::read_to_string(format!("/proc/{handover}/status")).is_ok_and(|s| {
+                    s.lines()
+                        .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1"))
+                })
+        },
+    );
+    wait_until("handover serves", Duration::from_secs(20), || {
+        Command::new(support::handover_bin())
+            .args(["status", "--timeout", "5s", "--control"])
+            .arg(&control)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    // The orphans were re-parented to handover and have ended by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    let zombies = zombie_children(handover);
+    assert!(
+        zombies.is_empty(),
+        "orphans left as zombies of handover: {zombies:?}"
+    );
+    // Only the generation is left as handover's child.
+    assert_eq!(
+        support::children_of(handover).len(),
+        1,
+        "{:?}",
+        support::children_of(handover)
+    );
+    let out = Command::new(support::handover_bin())
+        .args(["stop", "--control"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

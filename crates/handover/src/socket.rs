@@ -171,6 +171,27 @@ impl fmt::Display for FdKind {
     }
 }
 
+/// The credentials of the process at the other end of a connected Unix
+/// socket (`SO_PEERCRED`, as of when it connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its pid, or 0 when it is in a pid namespace this process cannot see
+    /// (a client on the host talking to a server in a container).
+    pub pid: i32,
+    /// Its effective uid.
+    pub uid: u32,
+    /// Its effective gid.
+    pub gid: u32,
+}
+
+impl PeerCred {
+    /// The credentials of the peer of a connected Unix socket.
+    pub fn of(socket: BorrowedFd<'_>) -> io::Result<PeerCred> {
+        let (pid, uid, gid) = crate::sys::peer_cred(socket)?;
+        Ok(PeerCred { pid, uid, gid })
+    }
+}
+
 /// Why a descriptor could not become the requested type.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

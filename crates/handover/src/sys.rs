@@ -33,6 +33,37 @@ pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> io::Result<Option<OwnedFd>
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// `SO_PEERCRED` of a connected Unix socket: (pid, uid, gid). The pid is 0
+/// when the peer is in a pid namespace this process cannot see (a client
+/// on the host talking to a server in a container), which rustix's typed
+/// call rejects; the uid and gid are still the peer's.
+pub(crate) fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid
+    // `ucred`, and the updated length into `len`; `fd` is borrowed, open.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short answer"));
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
+}
+
 /// Whether `fd` is an open descriptor of this process. Takes no ownership.
 pub(crate) fn fd_is_open(fd: RawFd) -> io::Result<bool> {
     // SAFETY: F_GETFD only reads the descriptor flags of `fd`; an fd that is

@@ -30,7 +30,22 @@ import threading
 import time
 
 GRACE = float(os.environ.get("SERVER_IDLE_GRACE", "1.0"))
-draining = threading.Event()
+class Flag:
+    """Set from a signal handler, so it must not take a lock: a handler runs
+    between bytecodes of the main thread, possibly while that thread waits for
+    a lock a daemon thread holds (threading.Event.set() deadlocked that way)."""
+
+    def __init__(self):
+        self.value = False
+
+    def set(self):
+        self.value = True
+
+    def is_set(self):
+        return self.value
+
+
+draining = Flag()
 lock = threading.Lock()
 active = set()
 
@@ -193,3 +208,7 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # Exit without interpreter finalization: daemon threads frozen there
+    # while holding a lock could block it forever.
+    sys.stdout.flush()
+    os._exit(0)

@@ -133,7 +133,7 @@ impl Handover {
             if let Ok(Some(s)) = self.child.try_wait() {
                 panic!("handover exited ({s}) before serving:\n{}", self.log());
             }
-            let out = self.cli(&["status", "--json"]);
+            let out = self.cli(&["status", "--json", "--timeout", "10s"]);
             if out.status.success() {
                 let v: serde_json::Value =
                     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

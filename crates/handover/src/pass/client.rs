@@ -9,7 +9,7 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::stream::{Deadline, Receiver};
-use super::{Metadata, PassError, PeerCred, Peers, Received, Record, check_path};
+use super::{Metadata, PassError, Peers, Received, Record, check_path};
 
 /// How a client connects and how long it waits.
 #[derive(Debug, Clone)]
@@ -139,7 +139,8 @@ where
     let path = path.as_ref();
     let deadline = Deadline::after(opts.timeout);
     let stream = connect(path, opts, deadline)?;
-    opts.allow.check("server", &PeerCred::of(stream.as_fd())?)?;
+    opts.allow
+        .check("server", &super::peer_cred(stream.as_fd())?)?;
     let mut r = Receiver::with_deadline(&stream, deadline)?;
     let mut count = 0;
     let mut index = 0;
@@ -190,7 +191,8 @@ where
             other => break other?,
         }
     };
-    opts.allow.check("server", &PeerCred::of(stream.as_fd())?)?;
+    opts.allow
+        .check("server", &super::peer_cred(stream.as_fd())?)?;
     let stream = tokio::net::UnixStream::from_std(stream)
         .map_err(|e| PassError::io("registering the connection with tokio", e))?;
     let mut r = AsyncReceiver::with_deadline(&stream, deadline).await?;

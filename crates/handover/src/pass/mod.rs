@@ -693,29 +693,12 @@ impl From<Received> for OwnedFd {
     }
 }
 
-/// The credentials of the process at the other end of a connection
-/// (`SO_PEERCRED`, as of when it connected).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCred {
-    /// Its pid.
-    pub pid: i32,
-    /// Its effective uid.
-    pub uid: u32,
-    /// Its effective gid.
-    pub gid: u32,
-}
+pub use crate::socket::PeerCred;
 
-impl PeerCred {
-    /// The credentials of the peer of a connected Unix socket.
-    pub fn of(socket: BorrowedFd<'_>) -> Result<PeerCred, PassError> {
-        let c = rustix::net::sockopt::socket_peercred(socket)
-            .map_err(|e| PassError::io("reading the peer's credentials (SO_PEERCRED)", e))?;
-        Ok(PeerCred {
-            pid: c.pid.as_raw_pid(),
-            uid: c.uid.as_raw(),
-            gid: c.gid.as_raw(),
-        })
-    }
+/// [`PeerCred::of`] with this module's error.
+pub(crate) fn peer_cred(socket: BorrowedFd<'_>) -> Result<PeerCred, PassError> {
+    PeerCred::of(socket)
+        .map_err(|e| PassError::io("reading the peer's credentials (SO_PEERCRED)", e))
 }
 
 /// Which peers may take part in a session, checked with `SO_PEERCRED`.

@@ -716,7 +716,7 @@ fn run_session(
     timeout: Duration,
     stopper: Stopper,
 ) {
-    let peer = match PeerCred::of(stream.as_fd()) {
+    let peer = match super::peer_cred(stream.as_fd()) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "refused a descriptor-passing client");

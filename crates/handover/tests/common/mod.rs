@@ -198,7 +198,21 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pids = self.pids();
+        let group = self.first.id();
+        if let Some(p) = Pid::from_raw(group as i32) {
+            let _ = rustix::process::kill_process_group(p, Signal::KILL);
+        }
+        let mut pids = self.pids();
+        // Members of the group this harness never learned about.
+        for (pid, stat) in proc_stats() {
+            let pgrp = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pgrp == Some(group) && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
         for &pid in &pids {
             if let Some(p) = Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(p, Signal::KILL);
@@ -240,6 +254,10 @@ impl Server {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // A process group of its own, which every generation inherits: on
+        // drop the whole chain is killed, including a generation started
+        // just before a failing assertion that this harness never saw.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut a = Activation::new();
         a.fd("http", listener.as_fd()).unwrap();
         let mut first = a.spawn(cmd).unwrap();
