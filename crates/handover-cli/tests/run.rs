@@ -312,14 +312,7 @@ fn under_systemd_socket_activation_the_socket_is_passed_on_by_name() {
         .arg(&server)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(cmd.spawn().unwrap());
+    let child = support::KillOnDrop(cmd.spawn().unwrap());
     // systemd-socket-activate starts handover on the first connection.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -528,13 +521,6 @@ fn signals_during_start_up_leave_no_orphan() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let pid = child.id();
     let children = || support::children_of(pid);
     wait_until(
@@ -567,7 +553,7 @@ fn signals_during_start_up_leave_no_orphan() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _guard = Kill(child);
+    let _guard = support::KillOnDrop(child);
     assert!(status.success(), "{status}");
     wait_until(
         "the starting generation is gone",
@@ -618,14 +604,7 @@ fn as_pid_1_handover_reaps_orphans() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let unshare = Kill(unshare);
+    let unshare = support::KillOnDrop(unshare);
     // handover (pid 1 inside) is unshare's child outside.
     let mut handover = 0;
     wait_until(
