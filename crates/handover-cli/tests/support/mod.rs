@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
+#[path = "../../../handover/tests/common/runtime.rs"]
+pub mod runtime;
+
 /// The `handover` binary under test.
 pub fn handover_bin() -> &'static str {
     env!("CARGO_BIN_EXE_handover")

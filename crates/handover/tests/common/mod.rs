@@ -21,6 +21,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "runtime.rs"]
+pub mod runtime;
+
 use handover::activation::Activation;
 use handover_verify::Load;
 use rustix::process::{Pid, Signal, WaitOptions};
