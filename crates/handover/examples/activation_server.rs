@@ -2,7 +2,7 @@
 //! socket-activating parent) passed it as "http", or binds one itself.
 //!
 //! ```text
-//! cargo run --example activation_server                       # binds 127.0.0.1:8080
+//! cargo run -p handover --example activation_server           # binds 127.0.0.1:8080
 //! systemd-socket-activate -l 127.0.0.1:8080 --fdname=http \
 //!     target/debug/examples/activation_server                 # receives it
 //! curl http://127.0.0.1:8080/                                 # pid=<its pid>

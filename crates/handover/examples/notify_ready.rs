@@ -4,7 +4,7 @@
 //! message with the pid the kernel says sent it.
 //!
 //! ```text
-//! cargo run --example notify_ready
+//! cargo run -p handover --example notify_ready
 //! ```
 
 use std::process::Command;

@@ -2,10 +2,10 @@
 //! socket: the example application of the `graceful` seed, in Rust.
 //!
 //! ```text
-//! cargo run --example pass_http -- --listen 127.0.0.1:8080 --handoff /tmp/pass_http.sock
+//! cargo run -p handover --example pass_http -- --listen 127.0.0.1:8080 --handoff /tmp/pass_http.sock
 //! curl http://127.0.0.1:8080/     # pid=<first pid>
 //! # in another terminal, the same command again:
-//! cargo run --example pass_http -- --listen 127.0.0.1:8080 --handoff /tmp/pass_http.sock
+//! cargo run -p handover --example pass_http -- --listen 127.0.0.1:8080 --handoff /tmp/pass_http.sock
 //! curl http://127.0.0.1:8080/     # pid=<second pid>; the first one has exited
 //! ```
 //!

@@ -1,7 +1,7 @@
 //! An HTTP/1.1 server that upgrades itself with zero downtime.
 //!
 //! ```text
-//! cargo run --example upgrade_http -- --listen 127.0.0.1:8080 --pid-file /tmp/upgrade_http.pid
+//! cargo run -p handover --example upgrade_http -- --listen 127.0.0.1:8080 --pid-file /tmp/upgrade_http.pid
 //! curl http://127.0.0.1:8080/            # pid=<its pid>
 //! kill -HUP $(cat /tmp/upgrade_http.pid) # re-executes the binary; the new pid answers
 //! kill -TERM $(cat /tmp/upgrade_http.pid)

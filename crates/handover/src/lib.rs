@@ -29,3 +29,9 @@ pub mod pass;
 pub mod socket;
 mod sys;
 pub mod upgrade;
+
+/// The Rust snippets of the repository's README, compiled as doc tests so
+/// that they stay correct as written (`cargo test --doc -p handover`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
