@@ -432,13 +432,24 @@ pub fn runtime_dir() -> PathBuf {
 /// user or open to others.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let existed = dir.is_dir();
     match std::fs::DirBuilder::new()
         .mode(0o700)
         .recursive(true)
         .create(dir)
     {
-        Ok(()) => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        Ok(()) if existed => {}
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "created the directory for handover's control and notify sockets (mode 0700)")
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot create the directory {} for handover's control socket (--control) and \
+                 notify socket: {e}; create it first, or pass --control PATH with a path in a \
+                 directory this user can write",
+                dir.display()
+            ));
+        }
     }
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let me = rustix::process::getuid().as_raw();

@@ -16,6 +16,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use handover::child::{Signal, parse_signal};
 
+/// `handover --version`: the crate version, then the commit and profile
+/// the binary was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HANDOVER_BUILD"), ")");
+
 /// Zero-downtime restarts for servers in any language.
 ///
 /// handover binds your server's sockets, runs it as a child, and on reload
@@ -24,7 +28,7 @@ use handover::child::{Signal, parse_signal};
 #[derive(Parser)]
 #[command(
     name = "handover",
-    version,
+    version = VERSION,
     about,
     long_about,
     propagate_version = true
@@ -88,6 +92,24 @@ enum Cmd {
     /// notify protocols).
     #[command(hide = true)]
     DemoServer(demo::ServerArgs),
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: `handover completions bash > ~/.local/share/bash-completion/completions/handover`;
+    /// zsh: `handover completions zsh > DIR/_handover` with DIR on $fpath;
+    /// fish: `handover completions fish > ~/.config/fish/completions/handover.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page (roff) on stdout: `handover man | man -l -`.
+    ///
+    /// Without SUBCOMMAND: handover(1); with one: handover-SUBCOMMAND(1), for
+    /// example `handover man run`.
+    Man {
+        /// The subcommand whose page to print.
+        subcommand: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -222,7 +244,10 @@ fn init_logs(format: LogFormat, level: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => with_hints(e).exit(),
+    };
     init_logs(cli.log_format, &cli.log_level);
     match cli.command {
         Cmd::Run(args) => cmd_run(args),
@@ -247,7 +272,136 @@ fn main() -> ExitCode {
         Cmd::Verify(args) => verify::main(args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::DemoServer(args) => demo::server(args),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "handover", &mut out);
+            print_bytes(&out)
+        }
+        Cmd::Man { subcommand } => match man_page(subcommand.as_deref()) {
+            Ok(page) => print_bytes(&page),
+            Err(e) => {
+                eprintln!("handover man: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Writes generated output to stdout; a closed pipe (`| head`) is not an
+/// error worth a message.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handover: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The roff manual page of handover, or of one of its subcommands.
+fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>, String> {
+    use clap::CommandFactory;
+    let top = Cli::command();
+    let cmd = match subcommand {
+        None => top,
+        Some(name) => {
+            let names: Vec<String> = top
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(|c| c.get_name().to_string())
+                .collect();
+            let Some(sub) = top.find_subcommand(name).filter(|c| !c.is_hide_set()) else {
+                return Err(format!(
+                    "no subcommand {name:?}; expected one of: {}",
+                    names.join(", ")
+                ));
+            };
+            sub.clone()
+                .name(format!("handover-{name}"))
+                .bin_name(format!("handover {name}"))
+                .version(VERSION)
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .map_err(|e| format!("cannot render the page: {e}"))?;
+    Ok(out)
+}
+
+/// Adds the tips clap does not give: the `--` that `handover run` needs
+/// before the program, and a nearby subcommand for a typo clap's own
+/// similarity test misses (`rn` for `run`).
+fn with_hints(mut err: clap::Error) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let invalid = |err: &clap::Error, kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let has_tip = err.get(ContextKind::Suggested).is_some()
+        || matches!(
+            err.get(ContextKind::SuggestedSubcommand),
+            Some(ContextValue::String(_) | ContextValue::Strings(_))
+        );
+    let tip = match err.kind() {
+        ErrorKind::UnknownArgument => invalid(&err, ContextKind::InvalidArg)
+            .filter(|arg| !arg.starts_with('-'))
+            .filter(|_| std::env::args().nth(1).is_some_and(|a| a == "run"))
+            .map(|arg| {
+                format!(
+                    "put `--` before the program and its arguments: \
+                     handover run [OPTIONS] -- {arg} ..."
+                )
+            }),
+        ErrorKind::InvalidSubcommand if !has_tip => invalid(&err, ContextKind::InvalidSubcommand)
+            .and_then(|typed| {
+                let cmd = Cli::command();
+                let names: Vec<String> = cmd
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set())
+                    .map(|c| c.get_name().to_string())
+                    .collect();
+                nearest(&typed, &names).map(|n| format!("did you mean `handover {n}`?"))
+            }),
+        _ => None,
+    };
+    if let Some(tip) = tip {
+        err.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    err
+}
+
+/// The name in `names` closest to `typed` by edit distance, if it is within
+/// two edits (and `typed` is not shorter than the edits it needs).
+fn nearest<'a>(typed: &str, names: &'a [String]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    names
+        .iter()
+        .map(|n| (distance(typed, n), n))
+        .filter(|(d, _)| *d <= 2 && *d < typed.chars().count())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.as_str())
 }
 
 fn cmd_run(args: RunArgs) -> ExitCode {
@@ -302,7 +456,7 @@ fn cmd_control(
 ) -> ExitCode {
     match control::request(&args.path(), request, args.timeout) {
         Ok(a) if a["ok"] == true => {
-            println!("{}", render(&a));
+            println!("{}", render(&a).trim_end());
             ExitCode::SUCCESS
         }
         Ok(a) => {
@@ -330,26 +484,39 @@ fn render_status(a: &serde_json::Value) -> String {
             s["address"].as_str().unwrap_or("")
         ));
     }
-    out.push_str("generations:\n  GEN   PID      STATE     UPTIME      READY AFTER  STATUS\n");
+    out.push_str("generations:\n");
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![[
+        "GEN".to_string(),
+        "PID".into(),
+        "STATE".into(),
+        "UPTIME".into(),
+        "READY AFTER".into(),
+        "STATUS".into(),
+    ]];
     for g in a["generations"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "  {:<5} {:<8} {:<9} {:<11} {:<12} {}{}\n",
-            g["generation"],
-            g["pid"],
-            g["state"].as_str().unwrap_or(""),
+        let status = text(&g["status"]);
+        rows.push([
+            text(&g["generation"]),
+            text(&g["pid"]),
+            text(&g["state"]),
             format!("{:.1}s", g["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0),
             g["ready_after_ms"]
                 .as_f64()
                 .map(|m| format!("{m:.0}ms"))
                 .unwrap_or_else(|| "-".into()),
-            g["status"].as_str().unwrap_or(""),
             if g["current"] == true {
-                "  (current)"
+                format!("{status} (current)")
             } else {
-                ""
+                status
             },
-        ));
+        ]);
     }
+    out.push_str(&table(&rows));
     out.push_str(&format!(
         "reloads: {} ({} failed), crash restarts: {}\n",
         a["reloads"], a["failed_reloads"], a["restarts"]
@@ -367,6 +534,31 @@ fn render_status(a: &serde_json::Value) -> String {
     out
 }
 
+/// Left-aligned columns, two spaces apart, each as wide as its widest cell;
+/// every line indented by two spaces.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from(" ");
+        for (i, cell) in row.iter().enumerate() {
+            line.push(' ');
+            line.push_str(cell);
+            if i + 1 < N {
+                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 1));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn join(v: &serde_json::Value) -> String {
     v.as_array()
         .into_iter()
@@ -374,4 +566,36 @@ fn join(v: &serde_json::Value) -> String {
         .filter_map(|x| x.as_str())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let rows = [
+            ["GEN".to_string(), "PID".into(), "STATE".into()],
+            ["1".into(), "123456".into(), "draining".into()],
+            ["10".into(), "7".into(), "ready".into()],
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "  GEN  PID     STATE");
+        assert_eq!(lines[1], "  1    123456  draining");
+        assert_eq!(lines[2], "  10   7       ready");
+    }
+
+    #[test]
+    fn nearest_subcommand() {
+        let names: Vec<String> = ["run", "reload", "status", "stop", "verify"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(nearest("rn", &names), Some("run"));
+        assert_eq!(nearest("relaod", &names), Some("reload"));
+        assert_eq!(nearest("stpo", &names), Some("stop"));
+        assert_eq!(nearest("x", &names), None);
+        assert_eq!(nearest("deploy", &names), None);
+    }
 }

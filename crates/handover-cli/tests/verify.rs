@@ -168,14 +168,20 @@ fn it_passes_on_handover_reloading_through_the_control_socket_and_by_signal() {
 
 #[test]
 fn bad_options_are_explained() {
+    // Reloads without a trigger go through handover's default control
+    // socket (as `handover reload` does); nobody serves it here, which is
+    // said at once.
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(support::handover_bin())
         .args(["verify", "--addr", "127.0.0.1:1", "--reload-every", "1s"])
+        .env("XDG_RUNTIME_DIR", dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--reload-every needs a way to reload"),
+        err.contains("verify reloads through this control socket")
+            && err.contains("--signal SIG --pid-file PATH or --command CMD"),
         "{err}"
     );
     let out = Command::new(support::handover_bin())

@@ -195,6 +195,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 #[allow(dead_code)]
 fn main() {
     let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

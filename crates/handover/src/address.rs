@@ -64,6 +64,21 @@ pub enum AddressError {
         /// `" by pid N (name)"` when /proc tells.
         holder: String,
     },
+    /// A port below the unprivileged range needs privileges this process
+    /// does not have.
+    #[error(
+        "cannot bind {address}: ports below {first_unprivileged} are privileged and this process \
+         may not bind them (it is not root and lacks CAP_NET_BIND_SERVICE); use a port of \
+         {first_unprivileged} or above, grant the capability (systemd: \
+         AmbientCapabilities=CAP_NET_BIND_SERVICE; or setcap cap_net_bind_service=+ep on the \
+         binary), or let systemd bind the socket and pass it (a .socket unit)"
+    )]
+    PrivilegedPort {
+        /// The address.
+        address: Address,
+        /// The lowest port anyone may bind (`net.ipv4.ip_unprivileged_port_start`).
+        first_unprivileged: u16,
+    },
     /// A Unix socket path over the kernel's limit.
     #[error(
         "cannot bind unix:{path}: the path is {len} bytes, and Unix socket paths are limited to \
@@ -276,6 +291,15 @@ impl Address {
                                 .unwrap_or_default(),
                         });
                     }
+                    if e.kind() == io::ErrorKind::PermissionDenied {
+                        let first = first_unprivileged_port();
+                        if a.port() < first {
+                            return Err(AddressError::PrivilegedPort {
+                                address: self.clone(),
+                                first_unprivileged: first,
+                            });
+                        }
+                    }
                     return Err(io(e));
                 }
                 if tcp {
@@ -371,6 +395,16 @@ fn remove_stale_socket(path: &Path) -> Result<(), AddressError> {
             source,
         }),
     }
+}
+
+/// The lowest port an unprivileged process may bind: the sysctl
+/// `net.ipv4.ip_unprivileged_port_start` (it applies to IPv6 too), 1024
+/// when it cannot be read.
+fn first_unprivileged_port() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 /// Which process holds a local port, from `/proc/net/{tcp,udp}{,6}` and
