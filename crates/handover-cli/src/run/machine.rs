@@ -922,6 +922,19 @@ impl Machine {
 
     /// Generation `id` starts ending for `reason`.
     fn begin_ending(&mut self, now: Mono, id: u64, reason: EndReason, out: &mut Vec<Action>) {
+        self.end(now, id, reason, None, out);
+    }
+
+    /// [`Machine::begin_ending`] for a generation whose main process already
+    /// ended with `leader` (if `Some`).
+    fn end(
+        &mut self,
+        now: Mono,
+        id: u64,
+        reason: EndReason,
+        leader: Option<Status>,
+        out: &mut Vec<Action>,
+    ) {
         let splay = self.settings.splay;
         let graceful = matches!(reason, EndReason::Replaced | EndReason::Stopping);
         let delay = if graceful && !splay.is_zero() {
@@ -936,14 +949,11 @@ impl Machine {
         };
         let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
         let Some(g) = self.gen_mut(id) else { return };
-        let leader = match &g.state {
+        match &g.state {
             GenState::Draining(_) => return,
-            GenState::Starting { .. } if exec => {
-                out.push(Action::CancelProbe { id });
-                None
-            }
-            _ => None,
-        };
+            GenState::Starting { .. } if exec => out.push(Action::CancelProbe { id }),
+            _ => {}
+        }
         g.state = GenState::Draining(Ending {
             reason,
             signal_at: Some(now.after(delay)),
@@ -1017,11 +1027,11 @@ impl Machine {
         match g.state.clone() {
             GenState::Starting { .. } => {
                 let why = format!("exited before it was ready: it {status}");
-                self.begin_ending(now, id, EndReason::Failed(why), out);
+                self.end(now, id, EndReason::Failed(why), Some(status), out);
             }
             GenState::Settling { .. } => {
                 let why = format!("exited while it settled, after it was ready: it {status}");
-                self.begin_ending(now, id, EndReason::Failed(why), out);
+                self.end(now, id, EndReason::Failed(why), Some(status), out);
             }
             GenState::Current { since } => {
                 tracing::error!(
@@ -1030,7 +1040,7 @@ impl Machine {
                     "the current generation died on its own; starting a new one"
                 );
                 self.restarts.reset_at = None;
-                self.begin_ending(now, id, EndReason::Crashed, out);
+                self.end(now, id, EndReason::Crashed, Some(status), out);
                 self.after_crash(now, id, status, out);
             }
             GenState::Draining(_) => {}
@@ -1410,5 +1420,839 @@ mod opt_signal_number {
                 .map(Some)
                 .ok_or_else(|| D::Error::custom(format!("{n} is not a signal"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            ready: ReadyMode::Notify,
+            ready_timeout: Duration::from_secs(60),
+            settle: Duration::ZERO,
+            stop_signal: Signal::TERM,
+            stop_timeout: Duration::from_secs(30),
+            splay: Duration::ZERO,
+            reload_signal: None,
+            max_backoff: Duration::from_secs(30),
+            backoff_reset: BACKOFF_RESET,
+            start_limit_burst: 5,
+            start_limit_interval: Duration::from_secs(10),
+            max_draining: 1,
+        }
+    }
+
+    fn t(ms: u64) -> Mono {
+        Mono::at(Duration::from_secs(1000) + Duration::from_millis(ms))
+    }
+
+    /// A machine under test: events at made-up times.
+    struct H {
+        m: Machine,
+    }
+
+    impl H {
+        fn new(s: Settings) -> H {
+            H { m: Machine::new(s) }
+        }
+
+        fn ev(&mut self, ms: u64, e: Event) -> Vec<Action> {
+            self.m.handle(t(ms), e)
+        }
+
+        fn spawned(&mut self, ms: u64, id: u64) -> Vec<Action> {
+            self.ev(
+                ms,
+                Event::Spawned {
+                    id,
+                    pid: pid(id),
+                    unix_ms: 0,
+                },
+            )
+        }
+
+        fn ready(&mut self, ms: u64, id: u64) -> Vec<Action> {
+            self.ev(
+                ms,
+                Event::Notify {
+                    pid: pid(id),
+                    pgid: Some(pid(id)),
+                    ready: true,
+                    status: Some("serving".into()),
+                },
+            )
+        }
+
+        /// The first generation, current at `ms`.
+        fn first(&mut self, ms: u64) {
+            assert_eq!(self.ev(ms, Event::Start), vec![Action::Spawn { id: 1 }]);
+            self.spawned(ms, 1);
+            let a = self.ready(ms + 50, 1);
+            assert!(
+                a.contains(&Action::Notify(Sd::Ready("serving".into()))),
+                "{a:?}"
+            );
+            assert_eq!(self.current(), Some(1));
+        }
+
+        /// Main process reaped, group empty, stderr closed.
+        fn gone(&mut self, ms: u64, id: u64, status: Status) -> Vec<Action> {
+            let mut a = self.ev(
+                ms,
+                Event::Exited {
+                    pid: pid(id),
+                    status,
+                },
+            );
+            a.extend(self.ev(ms, Event::GroupEmpty { id }));
+            a.extend(self.ev(ms, Event::StderrClosed { id }));
+            a
+        }
+
+        fn current(&self) -> Option<u64> {
+            self.m.current().map(|g| g.id)
+        }
+
+        fn state(&self, id: u64) -> Option<&GenState> {
+            self.m.gens.iter().find(|g| g.id == id).map(|g| &g.state)
+        }
+
+        fn ids(&self) -> Vec<u64> {
+            self.m.gens.iter().map(|g| g.id).collect()
+        }
+    }
+
+    fn pid(id: u64) -> u32 {
+        100 * id as u32
+    }
+
+    fn sig(id: u64, signal: Signal) -> Action {
+        Action::Signal {
+            pgid: pid(id),
+            signal,
+        }
+    }
+
+    fn replies(actions: &[Action]) -> Vec<(ReplyId, serde_json::Value)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { to, answer } => Some((*to, answer.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn spawns(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { id } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn statuses(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notify(Sd::Status(s) | Sd::Ready(s) | Sd::Stopping(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(1, max), Duration::from_millis(100));
+        assert_eq!(backoff(2, max), Duration::from_millis(200));
+        assert_eq!(backoff(30, max), max);
+    }
+
+    #[test]
+    fn a_reload_starts_a_generation_makes_it_current_and_drains_the_old_one() {
+        let mut h = H::new(settings());
+        h.first(0);
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(7)),
+            },
+        );
+        assert_eq!(
+            a,
+            vec![Action::Notify(Sd::Reloading), Action::Spawn { id: 2 }]
+        );
+        h.spawned(1000, 2);
+        assert_eq!(h.state(2).map(GenState::name), Some("starting"));
+        // READY=1 from another process of its group counts.
+        let a = h.ev(
+            1300,
+            Event::Notify {
+                pid: 4242,
+                pgid: Some(pid(2)),
+                ready: true,
+                status: None,
+            },
+        );
+        assert_eq!(h.current(), Some(2));
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, ReplyId(7));
+        assert_eq!(r[0].1["generation"], 2);
+        assert_eq!(r[0].1["ready_after_ms"], 300.0);
+        assert!(a.contains(&sig(1, Signal::TERM)) && a.contains(&sig(1, Signal::CONT)));
+        assert!(a.contains(&Action::WatchGroup {
+            id: 1,
+            pgid: pid(1)
+        }));
+        assert!(
+            matches!(h.state(1), Some(GenState::Draining(e)) if e.reason == EndReason::Replaced)
+        );
+        // Gone only once the main process, the group and stderr are.
+        h.ev(
+            2000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(0),
+            },
+        );
+        assert_eq!(h.ids(), vec![1, 2]);
+        h.ev(2000, Event::GroupEmpty { id: 1 });
+        assert_eq!(h.ids(), vec![1, 2], "stderr still open: lingers");
+        h.ev(2000, Event::StderrClosed { id: 1 });
+        assert_eq!(h.ids(), vec![2]);
+        assert_eq!(h.m.stats.reloads, 2);
+        assert_eq!(h.m.stats.failed_reloads, 0);
+    }
+
+    #[test]
+    fn stderr_that_never_closes_lingers_200ms() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(1000, Event::Reload { reply: None });
+        h.spawned(1000, 2);
+        h.ready(1100, 2);
+        h.ev(
+            1200,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(0),
+            },
+        );
+        h.ev(1200, Event::GroupEmpty { id: 1 });
+        assert_eq!(h.m.next_deadline(), Some(t(1200).after(STDERR_LINGER)));
+        h.ev(1399, Event::Tick);
+        assert_eq!(h.ids(), vec![1, 2]);
+        h.ev(1400, Event::Tick);
+        assert_eq!(h.ids(), vec![2]);
+    }
+
+    #[test]
+    fn reloads_during_a_start_are_answered_by_the_next_one_after_the_old_one_drained() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        assert!(
+            spawns(&h.ev(
+                1100,
+                Event::Reload {
+                    reply: Some(ReplyId(2))
+                }
+            ))
+            .is_empty()
+        );
+        assert!(
+            spawns(&h.ev(
+                1100,
+                Event::Reload {
+                    reply: Some(ReplyId(3))
+                }
+            ))
+            .is_empty()
+        );
+        let a = h.ready(1200, 2);
+        assert_eq!(replies(&a).len(), 1);
+        // Generation 1 still drains: the queued reload waits (max_draining 1).
+        assert!(spawns(&a).is_empty(), "{a:?}");
+        let a = h.gone(1500, 1, Status::Code(0));
+        assert_eq!(spawns(&a), vec![3]);
+        h.spawned(1500, 3);
+        let a = h.ready(1600, 3);
+        let r = replies(&a);
+        assert_eq!(
+            r.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![ReplyId(2), ReplyId(3)]
+        );
+        assert!(r.iter().all(|r| r.1["generation"] == 3));
+    }
+
+    #[test]
+    fn a_generation_that_exits_before_ready_fails_the_reload_once_it_is_gone() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        h.ev(
+            1100,
+            Event::Stderr {
+                id: 2,
+                lines: vec!["boom: bad config on line 7".into()],
+            },
+        );
+        let a = h.ev(
+            1200,
+            Event::Exited {
+                pid: pid(2),
+                status: Status::Code(3),
+            },
+        );
+        assert!(replies(&a).is_empty(), "answered before it is gone: {a:?}");
+        // Its group may hold leftovers: they get the stop signal.
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        let a = {
+            let mut a = h.ev(1250, Event::GroupEmpty { id: 2 });
+            a.extend(h.ev(1250, Event::StderrClosed { id: 2 }));
+            a
+        };
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        let e = r[0].1["error"].as_str().unwrap();
+        assert!(
+            e.contains(
+                "the new generation 2 (pid 200) exited before it was ready: it exited with code 3"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("its last stderr lines:\nboom: bad config on line 7"),
+            "{e}"
+        );
+        assert!(!e.contains("it was killed"), "{e}");
+        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.ids(), vec![1]);
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert!(
+            statuses(&a)
+                .iter()
+                .any(|s| s.starts_with("reload failed: the new generation 2"))
+        );
+    }
+
+    #[test]
+    fn a_generation_not_ready_in_time_is_stopped_then_killed_and_the_reload_fails() {
+        let mut s = settings();
+        s.ready_timeout = Duration::from_secs(2);
+        s.stop_timeout = Duration::from_secs(5);
+        let mut h = H::new(s);
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        assert_eq!(h.m.next_deadline(), Some(t(3000)));
+        let a = h.ev(3000, Event::Tick);
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        assert_eq!(h.m.next_deadline(), Some(t(8000)));
+        let a = h.ev(8000, Event::Tick);
+        assert!(a.contains(&sig(2, Signal::KILL)), "{a:?}");
+        // Still not gone a second later: SIGKILL again.
+        assert!(h.ev(9000, Event::Tick).contains(&sig(2, Signal::KILL)));
+        let a = h.gone(
+            9100,
+            2,
+            Status::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        let e = replies(&a)[0].1["error"].as_str().unwrap().to_string();
+        assert!(
+            e.contains("was not ready within 2s: it never wrote to NOTIFY_SOCKET"),
+            "{e}"
+        );
+        assert!(e.contains("; it was killed"), "{e}");
+    }
+
+    #[test]
+    fn a_crashed_generation_is_stopped_as_a_whole_and_restarted_after_the_backoff() {
+        let mut h = H::new(settings());
+        h.first(0);
+        let a = h.ev(
+            5000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        // Its worker (same group) gets the stop signal, SIGKILL later.
+        assert!(a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        assert!(a.contains(&Action::WatchGroup {
+            id: 1,
+            pgid: pid(1)
+        }));
+        assert!(
+            statuses(&a)
+                .iter()
+                .any(|s| s.contains("restarting in 100ms")),
+            "{a:?}"
+        );
+        assert_eq!(h.current(), None);
+        assert!(spawns(&h.ev(5099, Event::Tick)).is_empty());
+        assert_eq!(spawns(&h.ev(5100, Event::Tick)), vec![2]);
+        assert_eq!(h.m.stats.restarts, 1);
+        // The worker ignores the stop signal: SIGKILL at the stop timeout.
+        assert!(h.ev(35000, Event::Tick).contains(&sig(1, Signal::KILL)));
+        h.ev(35010, Event::GroupEmpty { id: 1 });
+        h.ev(35010, Event::StderrClosed { id: 1 });
+        assert_eq!(h.ids(), vec![2]);
+    }
+
+    #[test]
+    fn a_crash_of_the_old_generation_during_a_reload_starts_nothing_more() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        let a = h.ev(
+            1100,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Signaled {
+                    signal: 9,
+                    core_dumped: false,
+                },
+            },
+        );
+        assert!(spawns(&a).is_empty());
+        assert_eq!(h.m.restarts.due, None);
+        let a = h.ready(1500, 2);
+        assert_eq!(replies(&a)[0].1["generation"], 2);
+        assert_eq!(h.current(), Some(2));
+        let mut all = h.gone(1600, 1, Status::Code(0));
+        all.extend(h.ev(60_000, Event::Tick));
+        assert!(spawns(&all).is_empty(), "a second start: {all:?}");
+        assert_eq!(h.m.stats.restarts, 0);
+    }
+
+    #[test]
+    fn a_failed_start_while_nothing_serves_schedules_a_restart() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        h.ev(
+            1100,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        h.gone(1150, 1, Status::Code(1));
+        let a = h.gone(1200, 2, Status::Code(3));
+        assert!(replies(&a)[0].1["ok"] == false);
+        assert!(
+            h.m.restarts.due.is_some(),
+            "nothing serves and nothing is due"
+        );
+        assert_eq!(spawns(&h.ev(1300, Event::Tick)), vec![3]);
+    }
+
+    #[test]
+    fn the_backoff_doubles_in_a_crash_loop_and_resets_after_10s_up() {
+        let mut s = settings();
+        s.start_limit_burst = 0;
+        let mut h = H::new(s);
+        h.first(0);
+        let mut now = 1000;
+        let mut delays = Vec::new();
+        for id in 1..=4u64 {
+            h.ev(
+                now,
+                Event::Exited {
+                    pid: pid(id),
+                    status: Status::Code(1),
+                },
+            );
+            let due = h.m.restarts.due.unwrap();
+            delays.push(due.since(t(now)).as_millis());
+            now = due.since(t(0)).as_millis() as u64;
+            assert_eq!(spawns(&h.ev(now, Event::Tick)), vec![id + 1]);
+            h.spawned(now, id + 1);
+            h.ready(now + 10, id + 1);
+            now += 1000;
+        }
+        assert_eq!(delays, vec![100, 200, 400, 800]);
+        // Generation 5 stays up 10 s: the next crash starts over at 100 ms.
+        now += 10_000;
+        h.ev(now, Event::Tick);
+        assert_eq!(h.m.restarts.attempt, 0);
+        h.ev(
+            now + 1,
+            Event::Exited {
+                pid: pid(5),
+                status: Status::Code(1),
+            },
+        );
+        assert_eq!(h.m.restarts.due, Some(t(now + 101)));
+    }
+
+    #[test]
+    fn the_start_limit_gives_up_with_the_cause_and_tells_systemd() {
+        let mut s = settings();
+        s.start_limit_burst = 2;
+        let mut h = H::new(s);
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        h.gone(1000, 1, Status::Code(1));
+        let mut now = 1100;
+        for id in 2..=3u64 {
+            assert_eq!(spawns(&h.ev(now, Event::Tick)), vec![id]);
+            h.spawned(now, id);
+            h.ev(
+                now,
+                Event::Stderr {
+                    id,
+                    lines: vec!["boom".into()],
+                },
+            );
+            let a = h.gone(now + 10, id, Status::Code(3));
+            now =
+                h.m.restarts
+                    .due
+                    .map(|d| d.since(t(0)).as_millis() as u64)
+                    .unwrap_or(now);
+            if id == 3 {
+                // Two restarts within 10 s: the third is refused.
+                let stop = statuses(&a);
+                assert!(
+                    stop.iter()
+                        .any(|s| s.starts_with("gave up: the program keeps failing")),
+                    "{stop:?}"
+                );
+                let exit = a.iter().find_map(|a| match a {
+                    Action::Exit(r) => Some(r.clone()),
+                    _ => None,
+                });
+                let e = exit.expect("no exit").unwrap_err();
+                assert!(
+                    e.contains("restarted 2 times within 10s") && e.contains("giving up"),
+                    "{e}"
+                );
+                assert!(
+                    e.contains("exited with code 3") && e.contains("boom"),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(h.m.phase, Phase::Exited);
+    }
+
+    #[test]
+    fn stop_drains_everything_a_second_sigterm_kills_and_stop_is_answered_last() {
+        let mut h = H::new(settings());
+        h.first(0);
+        let a = h.ev(1000, Event::Stop { reply: ReplyId(9) });
+        assert!(a.contains(&sig(1, Signal::TERM)));
+        assert!(a.contains(&Action::Notify(Sd::Stopping("stopping".into()))));
+        assert!(replies(&a).is_empty());
+        // A reload now is refused.
+        let a = h.ev(
+            1001,
+            Event::Reload {
+                reply: Some(ReplyId(10)),
+            },
+        );
+        assert_eq!(replies(&a)[0].1["error"], "handover is stopping");
+        let a = h.ev(1002, Event::Signal(Signal::TERM));
+        assert!(a.contains(&sig(1, Signal::KILL)), "{a:?}");
+        // A third does nothing more.
+        assert!(h.ev(1003, Event::Signal(Signal::INT)).is_empty());
+        let a = h.gone(
+            1100,
+            1,
+            Status::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        assert_eq!(
+            replies(&a),
+            vec![(ReplyId(9), json!({"ok": true, "stopped": true}))]
+        );
+        assert_eq!(a.last(), Some(&Action::Exit(Ok(()))));
+    }
+
+    #[test]
+    fn sigterm_during_the_first_start_stops_cleanly() {
+        let mut h = H::new(settings());
+        h.ev(0, Event::Start);
+        h.spawned(0, 1);
+        let a = h.ev(100, Event::Signal(Signal::TERM));
+        assert!(a.contains(&sig(1, Signal::TERM)));
+        let a = h.gone(200, 1, Status::Code(0));
+        assert_eq!(a.last(), Some(&Action::Exit(Ok(()))));
+    }
+
+    #[test]
+    fn a_first_start_that_fails_ends_handover_with_the_reason() {
+        let mut h = H::new(settings());
+        h.ev(0, Event::Start);
+        let a = h.ev(
+            0,
+            Event::SpawnFailed {
+                id: 1,
+                error: "no such program".into(),
+            },
+        );
+        match a.last() {
+            Some(Action::Exit(Err(e))) => assert!(
+                e.contains("the first generation did not start: could not start a new generation: no such program"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reload_that_cannot_spawn_fails_at_once_and_the_current_serves_on() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        let a = h.ev(
+            1000,
+            Event::SpawnFailed {
+                id: 2,
+                error: "Too many open files".into(),
+            },
+        );
+        let e = replies(&a)[0].1["error"].as_str().unwrap().to_string();
+        assert!(
+            e.starts_with("could not start a new generation: Too many open files"),
+            "{e}"
+        );
+        assert_eq!(h.ids(), vec![1]);
+        assert_eq!(h.current(), Some(1));
+        // The next reload works.
+        assert_eq!(spawns(&h.ev(2000, Event::Reload { reply: None })), vec![3]);
+    }
+
+    #[test]
+    fn signals_other_than_hup_term_int_go_to_the_current_generations_group() {
+        let mut h = H::new(settings());
+        h.first(0);
+        assert_eq!(
+            h.ev(10, Event::Signal(Signal::USR1)),
+            vec![sig(1, Signal::USR1)]
+        );
+        assert_eq!(spawns(&h.ev(10, Event::Signal(Signal::HUP))), vec![2]);
+    }
+
+    #[test]
+    fn with_a_reload_signal_a_reload_signals_the_current_generation() {
+        let mut s = settings();
+        s.reload_signal = Some(Signal::USR2);
+        let mut h = H::new(s);
+        h.first(0);
+        let a = h.ev(
+            10,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert!(a.contains(&sig(1, Signal::USR2)));
+        assert_eq!(replies(&a)[0].1["signalled"], "SIGUSR2");
+        assert!(spawns(&a).is_empty());
+    }
+
+    #[test]
+    fn delay_and_exec_readiness() {
+        let mut s = settings();
+        s.ready = ReadyMode::Delay(Duration::from_millis(500));
+        let mut h = H::new(s);
+        h.ev(0, Event::Start);
+        h.spawned(100, 1);
+        assert_eq!(h.m.next_deadline(), Some(t(600)));
+        h.ev(600, Event::Tick);
+        assert_eq!(h.current(), Some(1));
+
+        let mut s = settings();
+        s.ready = ReadyMode::Exec("true".into());
+        let mut h = H::new(s);
+        h.ev(0, Event::Start);
+        let a = h.spawned(0, 1);
+        assert_eq!(
+            a,
+            vec![Action::Probe {
+                id: 1,
+                pid: pid(1),
+                command: "true".into()
+            }]
+        );
+        // READY=1 does not count in exec mode.
+        h.ready(10, 1);
+        assert_eq!(h.current(), None);
+        let a = h.ev(20, Event::ProbePassed { id: 1 });
+        assert_eq!(a[0], Action::CancelProbe { id: 1 });
+        assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn with_a_settle_window_the_old_generation_serves_until_it_is_over() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        let a = h.ready(1100, 2);
+        assert!(replies(&a).is_empty());
+        assert_eq!(h.state(2).map(GenState::name), Some("settling"));
+        assert_eq!(h.current(), Some(1));
+        let a = h.ev(3100, Event::Tick);
+        assert_eq!(h.current(), Some(2));
+        assert_eq!(replies(&a)[0].1["generation"], 2);
+        // A generation that dies while it settles fails the reload.
+        h.gone(3200, 1, Status::Code(0));
+        h.ev(
+            4000,
+            Event::Reload {
+                reply: Some(ReplyId(2)),
+            },
+        );
+        h.spawned(4000, 3);
+        h.ready(4100, 3);
+        h.ev(
+            4500,
+            Event::Exited {
+                pid: pid(3),
+                status: Status::Code(4),
+            },
+        );
+        let a = {
+            let mut a = h.ev(4500, Event::GroupEmpty { id: 3 });
+            a.extend(h.ev(4500, Event::StderrClosed { id: 3 }));
+            a
+        };
+        let e = replies(&a)[0].1["error"].as_str().unwrap().to_string();
+        assert!(e.contains("exited while it settled"), "{e}");
+        assert_eq!(h.current(), Some(2));
+    }
+
+    #[test]
+    fn a_reload_while_a_restart_waits_for_its_backoff_starts_now() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        assert!(h.m.restarts.due.is_some());
+        let a = h.ev(
+            1010,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert_eq!(spawns(&a), vec![2]);
+        assert_eq!(h.m.restarts.due, None);
+    }
+
+    #[test]
+    fn the_state_serializes_and_a_restored_machine_carries_on() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        h.ev(
+            1100,
+            Event::Stderr {
+                id: 2,
+                lines: vec!["hello".into()],
+            },
+        );
+        let text = serde_json::to_string(&h.m).unwrap();
+        let mut m: Machine = serde_json::from_str(&text).unwrap();
+        let a = m.handle(
+            t(1200),
+            Event::Notify {
+                pid: pid(2),
+                pgid: None,
+                ready: true,
+                status: None,
+            },
+        );
+        assert_eq!(replies(&a)[0].0, ReplyId(1));
+        assert_eq!(m.current().map(|g| g.id), Some(2));
+        assert_eq!(m.gens[1].tail(5), "hello");
+    }
+
+    #[test]
+    fn a_notify_message_from_a_stranger_is_ignored() {
+        let mut h = H::new(settings());
+        h.ev(0, Event::Start);
+        h.spawned(0, 1);
+        h.ev(
+            10,
+            Event::Notify {
+                pid: 77,
+                pgid: Some(77),
+                ready: true,
+                status: None,
+            },
+        );
+        assert_eq!(h.current(), None);
     }
 }
