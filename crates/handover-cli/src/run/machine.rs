@@ -685,11 +685,11 @@ impl Machine {
             stderr_closed: false,
         });
         self.in_flight = Some(InFlight {
-            id: id,
+            id,
             replies,
             started: now,
         });
-        out.push(Action::Spawn { id: id });
+        out.push(Action::Spawn { id });
     }
 
     fn spawned(&mut self, now: Mono, id: u64, pid: u32, unix_ms: u128, out: &mut Vec<Action>) {

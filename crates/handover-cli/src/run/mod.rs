@@ -26,32 +26,33 @@
 //! # The state machine
 //!
 //! Each generation is in one of these states ([`machine::GenState`]); the
-//! events that move it are in brackets, the actions it causes after `/`.
+//! events that move it are in brackets.
 //!
 //! ```text
-//!                 start (first, reload, crash restart) / spawn; probe (exec:)
-//!                                  |
-//!                                  v
-//!  +--------------------------- Starting ------------------------------+
-//!  | [READY=1 | probe passed | delay elapsed]                          | [exited | ready timeout
-//!  v                                                                   |  | spawn failed]
-//! Settling --[settle window over (zero today: skipped)]--> Current     v
-//!  |  [exited] ------------------------------------------------->  Draining (failed)
-//!  |                                                   |    ^         answered once gone
-//!  +--[the old current crashed: take over at once]---->+    |
-//!                                                      |    |
-//!        [a newer one became current] Replaced  <------+    |
-//!        [its main process exited]    Crashed   <------+    |
-//!        [handover stops]             Stopping  <------+----+ (any state)
-//!                                         |
-//!                                         v
-//!  Draining: stop signal (+SIGCONT) to the process group after a random splay;
-//!            SIGKILL to the group at --stop-timeout, again every second;
-//!            [second SIGTERM/SIGINT] SIGKILL now
-//!                                         |
-//!      [main process reaped] + [group empty] + [stderr closed, or 200 ms]
-//!                                         v
-//!                                      Exited (removed from the list)
+//!  start: first | reload | crash restart      [spawn failed]
+//!  -> spawn (and the probe, with exec:) ---------------------> gone (start failed)
+//!          |
+//!          v                  [main process exited | ready timeout]
+//!      Starting ------------------------------------------------------+
+//!          | [READY=1 | probe exited 0 | delay elapsed]                 |
+//!          |-- settle > 0 and a generation is current --> Settling     |
+//!          |                                   | [main process exited] |
+//!          |                                   +---------------------->+
+//!          |                   [window over | the current one crashed] |
+//!          v                                   v                       v
+//!      Current <-------------------------------+            Draining (failed)
+//!          | [a newer one became current] --------------> Draining (replaced)
+//!          | [its main process exited] ------------------> Draining (crashed)
+//!  any state [handover stops] ----------------------------> Draining (stopping)
+//!
+//!  Draining: the stop signal and SIGCONT to the process group (after a random
+//!  splay, when replaced or stopping), SIGKILL at --stop-timeout and every
+//!  second after that; [a second SIGTERM/SIGINT while stopping] SIGKILL now.
+//!          | [main process reaped] + [group empty] + [stderr closed | 200 ms]
+//!          v
+//!      gone (removed from the list): failed -> its reload is answered with
+//!      the reason and the stderr tail; replaced -> a queued reload may start;
+//!      stopping and none left -> handover exits.
 //! ```
 //!
 //! Around the generations ([`machine::Machine`]):
@@ -72,7 +73,14 @@
 //!
 //! Every timer is a deadline in the state (`Machine::next_deadline`), so a
 //! test drives the machine with made-up times, and the state (pids, times on
-//! `CLOCK_MONOTONIC`, counters, stderr tails) serializes with serde.
+//! `CLOCK_MONOTONIC`, counters, stderr tails, ids of waiting clients)
+//! serializes with serde.
+//!
+//! Room for what comes next: a settle window (`Settings::settle`, the
+//! `Settling` state), several draining generations each with its own
+//! deadline (`Settings::max_draining`; every `Draining` state carries its
+//! own), and a re-executed supervisor that takes the serialized machine over
+//! and registers its generations' pids with a new reaper.
 //!
 //! # Processes
 //!
@@ -231,7 +239,7 @@ async fn listen_notify(sock: AsyncNotifySocket, events: mpsc::UnboundedSender<Ev
             }
             Err(e) => {
                 errors += 1;
-                if errors == 1 || errors.is_multiple_of(1000) {
+                if errors == 1 || errors % 1000 == 0 {
                     tracing::warn!(error = %e, in_a_row = errors, "notify socket: dropped a message");
                 }
                 if errors >= 1000 {
