@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The socket file has mode 0600 and the peer's uid is checked with
-//! `SO_PEERCRED` (same uid as handover, or root). A request must arrive
+//! `SO_PEERCRED` (same uid as handover, or root), on both sides: the server
+//! answers only such clients, and [`request`] talks only to such a server. A request must arrive
 //! within [`REQUEST_TIMEOUT`] and be at most [`MAX_REQUEST`] bytes; anything
 //! else gets an error answer (or nothing, for a refused peer) and never
 //! blocks other clients: each connection is served on a task of its own.
@@ -362,6 +363,33 @@ pub fn request(path: &Path, request: Request, timeout: Duration) -> Result<Answe
             path.display()
         )
     })?;
+    // Whatever answers on the path must be a handover of this user (or
+    // root's): anyone who can create the socket file first could answer
+    // "stopped" while the real one runs on.
+    let me = rustix::process::getuid().as_raw();
+    match handover::socket::PeerCred::of(std::os::fd::AsFd::as_fd(&s)) {
+        Ok(cred) if cred.uid == me || cred.uid == 0 => {}
+        Ok(cred) => {
+            return Err(format!(
+                "the process answering at {} runs as uid {}{}, not as this user (uid {me}) or \
+                 root: it is not a handover of yours, so nothing was sent to it. Check the \
+                 --control path, and who created that socket",
+                path.display(),
+                cred.uid,
+                if cred.pid > 0 {
+                    format!(" (pid {})", cred.pid)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot check who answers at {}: {e}; refusing to talk to it",
+                path.display()
+            ));
+        }
+    }
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(REQUEST_TIMEOUT)).ok();
     let mut line = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
@@ -428,21 +456,26 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-/// Creates `dir` with mode 0700 if missing; refuses one owned by another
-/// user or open to others.
+/// Creates `dir` with mode 0700 if missing; refuses a symlink, and a
+/// directory owned by another user or open to others. (In `/tmp`, anyone can
+/// create `/tmp/handover-UID` first, as a directory or a link to one.)
 pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let existed = dir.is_dir();
+    let advice = "set XDG_RUNTIME_DIR to a directory of your own, or give --control a path in a \
+                  directory you own";
+    let existed = std::fs::symlink_metadata(dir).is_ok();
     match std::fs::DirBuilder::new()
         .mode(0o700)
         .recursive(true)
         .create(dir)
     {
         Ok(()) if existed => {}
-        Ok(()) => {
-            tracing::info!(dir = %dir.display(), "created the directory for handover's control and notify sockets (mode 0700)")
-        }
-        Err(e) => {
+        Ok(()) => tracing::info!(
+            dir = %dir.display(),
+            "created the directory for handover's control and notify sockets (mode 0700)"
+        ),
+        // A dangling symlink or a file in the way says more below.
+        Err(e) if std::fs::symlink_metadata(dir).is_err() => {
             return Err(format!(
                 "cannot create the directory {} for handover's control socket (--control) and \
                  notify socket: {e}; create it first, or pass --control PATH with a path in a \
@@ -450,19 +483,35 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
                 dir.display()
             ));
         }
+        Err(_) => {}
     }
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Not followed: the directory itself, not what a link points to.
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "{} is a symbolic link, not a directory: handover keeps its sockets only in a \
+             directory of its own user, and someone may have made this link for handover to \
+             follow; remove it, or {advice}",
+            dir.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(format!(
+            "{} is not a directory; remove it, or {advice}",
+            dir.display()
+        ));
+    }
     let me = rustix::process::getuid().as_raw();
     if meta.uid() != me {
         return Err(format!(
-            "{} belongs to uid {}, not to this user ({me}); choose another --control path",
+            "{} belongs to uid {}, not to this user ({me}): another user created it first; {advice}",
             dir.display(),
             meta.uid()
         ));
     }
     if meta.permissions().mode() & 0o022 != 0 {
         return Err(format!(
-            "{} is writable by other users; fix its mode (chmod 700) or choose another --control path",
+            "{} is writable by other users; fix its mode (chmod 700), or {advice}",
             dir.display()
         ));
     }

@@ -165,9 +165,22 @@ struct RunArgs {
     orphan_signal: MaybeSignal,
 
     /// The longest wait between restarts when the program keeps crashing
-    /// (the wait doubles from 100ms up to this).
+    /// (the wait doubles from 100ms up to this, and starts over once a
+    /// generation stayed up for 10s).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     max_backoff: Duration,
+
+    /// Give up (exit 1) when the program had to be restarted after a crash
+    /// this many times within --start-limit-interval (like systemd's
+    /// StartLimitBurst=); 0 never gives up. The restarts wait 100ms, then
+    /// twice as long each time (up to --max-backoff) until a generation has
+    /// stayed up for 10s.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    start_limit_burst: u32,
+
+    /// See --start-limit-burst (like systemd's StartLimitIntervalSec=).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    start_limit_interval: Duration,
 
     /// Write handover's own pid here (it never changes across reloads).
     #[arg(long, value_name = "PATH")]
@@ -428,6 +441,8 @@ fn cmd_run(args: RunArgs) -> ExitCode {
         control: args.control.unwrap_or_else(control::default_path),
         orphan_signal: args.orphan_signal.0,
         max_backoff: args.max_backoff,
+        start_limit_burst: args.start_limit_burst,
+        start_limit_interval: args.start_limit_interval,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

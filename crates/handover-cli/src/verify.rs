@@ -187,6 +187,14 @@ fn run(args: &VerifyArgs) -> Result<bool, String> {
     let mut cfg = VerifyConfig::new(load, args.duration);
     let trigger = trigger(args)?;
     match (args.reload_every, trigger) {
+        (Some(every), Some(_)) if args.duration <= every => {
+            return Err(format!(
+                "--duration {} ends before the first reload (--reload-every {}), so the run \
+                 would prove nothing about reloads: make --duration longer than --reload-every",
+                duration::format(args.duration),
+                duration::format(every)
+            ));
+        }
         (Some(every), Some(t)) => cfg = cfg.with_reloads(every, t),
         (None, None) => {}
         (Some(_), None) => return Err("--reload-every needs a way to reload".into()),

@@ -37,8 +37,14 @@ pub enum Mode {
     /// Many requests per connection. When the server answers
     /// `Connection: close`, or has closed an idle connection before the next
     /// request is written, the client reconnects: that is not a failure. A
-    /// request that was written and got no complete response is a failure,
-    /// and is never retried.
+    /// request written onto a kept-alive connection that the server had
+    /// already closed, so that it never read it (the write fails with a
+    /// reset, or the server's FIN comes back followed by a reset, before any
+    /// response byte), is counted apart as
+    /// [`Report::retryable`](crate::Report::retryable): clients may retry
+    /// exactly that case (RFC 9112, section 9.3.1). Any other request that
+    /// was written and got no complete response is a failure. Nothing is
+    /// retried.
     KeepAlive,
 }
 
@@ -146,6 +152,7 @@ pub(crate) struct Shared {
     failures: [AtomicU64; FailureKind::ALL.len()],
     connects: AtomicU64,
     server_closes: AtomicU64,
+    retryable: AtomicU64,
     latency: Histogram,
     max_samples: usize,
     samples: Mutex<Vec<FailureSample>>,
@@ -230,7 +237,9 @@ impl Shared {
                 .collect(),
             connects: self.connects.load(Ordering::Relaxed),
             server_closes: self.server_closes.load(Ordering::Relaxed),
+            retryable: self.retryable.load(Ordering::Acquire),
             reloads: Vec::new(),
+            reload_every: None,
             duration,
         }
     }
@@ -300,6 +309,7 @@ impl Load {
             failures: Default::default(),
             connects: AtomicU64::new(0),
             server_closes: AtomicU64::new(0),
+            retryable: AtomicU64::new(0),
             latency: Histogram::new(),
             max_samples: cfg.failure_samples,
             samples: Mutex::new(Vec::new()),
@@ -548,6 +558,9 @@ impl Progress {
 struct Failure {
     kind: FailureKind,
     error: String,
+    /// The server never read the request: it had closed the kept-alive
+    /// connection it was written onto (see [`Mode::KeepAlive`]).
+    never_read: bool,
 }
 
 fn io_failure(progress: &Progress, err: &io::Error) -> Failure {
@@ -561,9 +574,17 @@ fn io_failure(progress: &Progress, err: &io::Error) -> Failure {
         K::UnexpectedEof => FailureKind::ShortResponse,
         _ => FailureKind::Other,
     };
+    // Writing onto a reused connection failed with a reset: the server had
+    // closed it, and the request never reached it. (A reset while reading,
+    // with no FIN before it, is a failure: a server that read the request
+    // and aborted the connection looks the same.)
+    let never_read = kind == FailureKind::Reset
+        && progress.on_conn > 1
+        && matches!(progress.stage, Stage::Writing);
     Failure {
         kind,
         error: format!("{}: {err}", progress.describe()),
+        never_read,
     }
 }
 
@@ -591,6 +612,7 @@ async fn client(shared: Arc<Shared>, cfg: Arc<ClientCfg>, mut stop: watch::Recei
                     cfg.request_timeout,
                     progress.describe()
                 ),
+                never_read: false,
             }),
         };
         match result {
@@ -615,6 +637,14 @@ async fn client(shared: Arc<Shared>, cfg: Arc<ClientCfg>, mut stop: watch::Recei
                         ),
                     );
                 }
+            }
+            Err(failure) if failure.never_read => {
+                // Not a failure: reconnect and go on at once.
+                conn = None;
+                tracing::debug!(error = %failure.error, "retryable: the server never read it");
+                shared.retryable.fetch_add(1, Ordering::Release);
+                shared.server_closes.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             Err(failure) => {
                 conn = None;
@@ -664,6 +694,7 @@ async fn exchange(
         return Err(Failure {
             kind: FailureKind::Other,
             error: "internal error: no connection".to_owned(),
+            never_read: false,
         });
     };
     c.requests += 1;
@@ -685,7 +716,7 @@ async fn exchange(
                 return Ok(response);
             }
             Ok(None) => {}
-            Err(e) => return Err(parse_failure(progress, &e)),
+            Err(e) => return Err(parse_failure(progress, &e, &c.stream).await),
         }
         c.buf.reserve(READ_CHUNK);
         let n = c
@@ -704,30 +735,66 @@ async fn exchange(
                 Ok(None) => Err(Failure {
                     kind: FailureKind::ShortResponse,
                     error: format!("connection closed {}", progress.describe()),
+                    never_read: false,
                 }),
-                Err(e) => Err(parse_failure(progress, &e)),
+                Err(e) => Err(parse_failure(progress, &e, &c.stream).await),
             };
         }
     }
 }
 
-fn parse_failure(progress: &Progress, err: &ParseError) -> Failure {
+/// How long a client waits, after a kept-alive connection ended before any
+/// response byte, for the reset that shows the server never read the
+/// request (it follows the server's FIN within a round trip).
+const RESET_WAIT: Duration = Duration::from_millis(20);
+
+/// Whether the server reset `stream`, now or within [`RESET_WAIT`]: after
+/// its FIN a read returns end of file even when a reset came too, which only
+/// the socket's pending error shows.
+async fn reset_by_server(stream: &TcpStream) -> bool {
+    let deadline = Instant::now() + RESET_WAIT;
+    loop {
+        if let Ok(Some(e)) = stream.take_error() {
+            return matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            );
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn parse_failure(progress: &Progress, err: &ParseError, stream: &TcpStream) -> Failure {
     match err {
-        ParseError::Truncated { received: 0, .. } => Failure {
-            kind: FailureKind::ShortResponse,
-            error: format!(
-                "connection closed by the server {}; a server must answer every request \
-                 it has read, and close only idle keep-alive connections",
-                progress.describe()
-            ),
-        },
+        ParseError::Truncated { received: 0, .. } => {
+            // On a reused connection, the server's FIN (this end of file)
+            // followed by a reset means it had closed the connection before
+            // our request arrived: the kernel answers data for a closed
+            // socket with a reset. A server that read the request and then
+            // closed sends no reset.
+            let never_read = progress.on_conn > 1 && reset_by_server(stream).await;
+            Failure {
+                kind: FailureKind::ShortResponse,
+                error: format!(
+                    "connection closed by the server {}; a server must answer every request \
+                     it has read, and close only idle keep-alive connections",
+                    progress.describe()
+                ),
+                never_read,
+            }
+        }
         ParseError::Truncated { .. } => Failure {
             kind: FailureKind::ShortResponse,
             error: format!("{}: {err}", progress.describe()),
+            never_read: false,
         },
         _ => Failure {
             kind: FailureKind::Other,
             error: format!("malformed response {}: {err}", progress.describe()),
+            never_read: false,
         },
     }
 }

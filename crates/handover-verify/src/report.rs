@@ -157,8 +157,19 @@ pub struct Report {
     /// or by closing an idle connection; each was followed by a reconnect and
     /// is not a failure.
     pub server_closes: u64,
+    /// Requests the server never read: written onto a kept-alive connection
+    /// it had already closed (the write failed with a reset, or the server's
+    /// FIN came back followed by a reset, before any response byte). A reset
+    /// without a FIN before it stays a failure: a server that read the
+    /// request and then aborted the connection looks the same. Clients may retry exactly these (RFC 9112, section 9.3.1), so
+    /// they are not failures, and not in `requests`; the client reconnected.
+    pub retryable: u64,
     /// Reloads triggered by [`verify`](crate::verify()); empty for a bare [`Load`](crate::Load).
     pub reloads: Vec<ReloadRecord>,
+    /// The reload interval the run asked for (`reload_every_ms` in JSON);
+    /// `None` for a run without reloads.
+    #[serde(rename = "reload_every_ms", serialize_with = "opt_ms")]
+    pub reload_every: Option<Duration>,
     /// How long the load ran (`duration_ms` in JSON).
     #[serde(rename = "duration_ms", serialize_with = "ms")]
     pub duration: Duration,
@@ -190,12 +201,19 @@ impl Report {
         }
     }
 
-    /// Zero downtime proven: at least one request succeeded, none failed, and
-    /// every reload was triggered successfully and answered by a new pid.
+    /// Zero downtime proven: at least one request succeeded, none failed,
+    /// every reload was triggered successfully and answered by a new pid, and
+    /// a run that asked for reloads had at least one.
     pub fn passed(&self) -> bool {
         self.ok > 0
             && self.failures_total() == 0
             && self.reloads.iter().all(|r| r.trigger_ok && r.pid_changed)
+            && !self.missing_reloads()
+    }
+
+    /// The run asked for reloads and had none: it proves nothing about them.
+    fn missing_reloads(&self) -> bool {
+        self.reload_every.is_some() && self.reloads.is_empty()
     }
 
     /// A human-readable multi-line summary: totals, failures by kind, latency,
@@ -220,6 +238,12 @@ impl Report {
         for kind in FailureKind::ALL {
             let _ = writeln!(out, "    {:<14}{:>10}", kind.name(), self.failures_of(kind));
         }
+        let _ = writeln!(
+            out,
+            "  {:<16}{:>10}   (never read by the server: written onto a kept-alive \
+             connection it had closed; not failures)",
+            "retryable", self.retryable
+        );
         let _ = writeln!(
             out,
             "  {:<16}{:>10}   ({} server-side closes)",
@@ -284,6 +308,8 @@ impl Report {
             "FAIL: no request succeeded"
         } else if self.failures_total() > 0 {
             "FAIL: some requests failed"
+        } else if self.missing_reloads() {
+            "FAIL: the run asked for reloads and had none (it ended before the first)"
         } else {
             "FAIL: a reload did not bring up a new pid"
         };

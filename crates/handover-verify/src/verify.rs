@@ -196,6 +196,18 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
     if reload_every.is_some_and(|every| every > MAX_DURATION) {
         return invalid("reload_every", "expected at most 100 years");
     }
+    if let Some(every) = reload_every
+        && duration <= every
+    {
+        return Err(VerifyError::InvalidConfig {
+            field: "duration",
+            problem: format!(
+                "the run ({duration:?}) ends before its first reload ({every:?} after the \
+                 start), so it would prove nothing about reloads: run longer than the reload \
+                 interval"
+            ),
+        });
+    }
     if trigger_timeout.is_zero() {
         return invalid("trigger_timeout", "expected a positive duration, got zero");
     }
@@ -259,6 +271,7 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
         worker.finish(&mut pending);
     }
     let mut report = load.stop();
+    report.reload_every = reload_every;
 
     let pids = shared.pids();
     let final_failures = report.failures_total();

@@ -120,7 +120,24 @@ impl Handover {
             stderr,
             seen_pids: Mutex::new(Vec::new()),
         };
-        let status = h.wait_status(Duration::from_secs(30));
+        // The control socket answers while the first generation starts: wait
+        // until one is current (serves).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = h.wait_status(Duration::from_secs(30));
+            let serving = status["generations"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["current"] == true));
+            if serving {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no generation became current:\n{}",
+                h.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let address = status["sockets"][0]["address"]
             .as_str()
             .unwrap()

@@ -467,6 +467,37 @@ impl ChildConfig {
         spawn(self, cmd, fds)
     }
 
+    /// Starts `cmd` as [`ChildConfig::spawn_with_fds`] does (own process
+    /// group, death signal, the descriptors of `fds` at 3.., the same typed
+    /// errors), but unsupervised: nothing here waits for it, signals it or
+    /// reaps it. The caller owns the process: it must reap it (with
+    /// `waitid`/`waitpid`, or a reaper of its own that waits for every
+    /// child), and signal it only until then. For supervisors that reap all
+    /// their children in one place (`handover run`).
+    ///
+    /// The death signal fires when the *calling thread* exits: call this from
+    /// a thread that lives as long as the child should get its death signal
+    /// only when this process dies (the main thread, say).
+    #[doc(hidden)]
+    pub fn spawn_unsupervised(
+        &self,
+        mut cmd: Command,
+        fds: &Activation<'_>,
+    ) -> Result<std::process::Child, ChildError> {
+        use std::os::unix::process::CommandExt;
+        let label = command::label(&cmd);
+        let program = command::precheck(&cmd, &label)?;
+        if self.process_group {
+            cmd.process_group(0);
+        }
+        fds.prepare(&mut cmd, self.death_signal.map(Signal::as_raw))
+            .map_err(|source| command::spawn_error(&label, &program, source))?;
+        let spawned = cmd.spawn();
+        // The command holds duplicates of the passed descriptors.
+        drop(cmd);
+        spawned.map_err(|source| command::spawn_error(&label, &program, source))
+    }
+
     /// Runs a one-shot command to its end: `Ok` when it exits with code 0.
     /// Fails with [`ChildError::TimedOut`] when it was killed at its
     /// execution timeout, [`ChildError::Failed`] when it ended otherwise.

@@ -1,0 +1,250 @@
+//! The driver: one task that owns the [`Machine`] and everything it cannot
+//! touch (processes, timers, channels). It receives events (child exits from
+//! the reaper, notify messages, control requests, signals, stderr lines,
+//! probe results, timers), hands each to [`Machine::handle`], and carries
+//! out the actions that come back. No other task changes the supervisor's
+//! state.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use handover::notify::{Notifier, State as SdState};
+
+use super::config::Config;
+use super::machine::{Action, Event, Machine, Mono, ReplyId, Sd};
+use super::process;
+use super::reaper::Reaper;
+use super::sockets::Socket;
+use super::status;
+use crate::control::{Answer, Incoming, Request};
+
+/// How often process groups of ending generations are checked for members,
+/// besides after every reaped child.
+const GROUP_POLL: Duration = Duration::from_millis(100);
+
+/// How long the answer to `handover stop` may take to be written before
+/// handover exits anyway.
+const LAST_ANSWER: Duration = Duration::from_secs(2);
+
+pub(super) struct Driver {
+    pub(super) config: Config,
+    pub(super) sockets: Vec<Socket>,
+    pub(super) notify_env: OsString,
+    pub(super) systemd: Notifier,
+    pub(super) reaper: Arc<Reaper>,
+    pub(super) events_tx: mpsc::UnboundedSender<Event>,
+    pub(super) events: mpsc::UnboundedReceiver<Event>,
+    pub(super) control: mpsc::Receiver<Incoming>,
+    pub(super) started_unix_ms: u128,
+    replies: HashMap<ReplyId, (oneshot::Sender<Answer>, oneshot::Receiver<()>)>,
+    next_reply: u64,
+    /// Answers sent while handling the current event: handover waits for
+    /// them to be written before it exits.
+    written: Vec<oneshot::Receiver<()>>,
+    probes: HashMap<u64, JoinHandle<()>>,
+    /// Process groups of ending generations, by generation.
+    watched: HashMap<u64, u32>,
+}
+
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        config: Config,
+        sockets: Vec<Socket>,
+        notify_env: OsString,
+        systemd: Notifier,
+        reaper: Arc<Reaper>,
+        events_tx: mpsc::UnboundedSender<Event>,
+        events: mpsc::UnboundedReceiver<Event>,
+        control: mpsc::Receiver<Incoming>,
+    ) -> Driver {
+        Driver {
+            config,
+            sockets,
+            notify_env,
+            systemd,
+            reaper,
+            events_tx,
+            events,
+            control,
+            started_unix_ms: unix_ms(),
+            replies: HashMap::new(),
+            next_reply: 0,
+            written: Vec::new(),
+            probes: HashMap::new(),
+            watched: HashMap::new(),
+        }
+    }
+
+    /// Runs `machine` from its first start to its exit.
+    pub(super) async fn run(mut self, mut machine: Machine) -> Result<(), String> {
+        let mut queue = VecDeque::from([Event::Start]);
+        loop {
+            while let Some(event) = queue.pop_front() {
+                let actions = machine.handle(Mono::now(), event);
+                for action in actions {
+                    if let Some(result) = self.execute(action, &mut queue) {
+                        self.finish().await;
+                        return result;
+                    }
+                }
+                self.written.clear();
+            }
+            self.check_groups(&mut queue);
+            if !queue.is_empty() {
+                continue;
+            }
+            let deadline = machine.next_deadline();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep(d.since(Mono::now())).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(event) = self.events.recv() => queue.push_back(event),
+                Some(incoming) = self.control.recv() => self.control_request(&machine, incoming, &mut queue),
+                () = timer => queue.push_back(Event::Tick),
+                () = tokio::time::sleep(GROUP_POLL), if !self.watched.is_empty() => {}
+            }
+            while let Ok(event) = self.events.try_recv() {
+                queue.push_back(event);
+            }
+        }
+    }
+
+    fn control_request(
+        &mut self,
+        machine: &Machine,
+        incoming: Incoming,
+        queue: &mut VecDeque<Event>,
+    ) {
+        let Incoming {
+            request,
+            reply,
+            written,
+        } = incoming;
+        if request == Request::Status {
+            let _ = reply.send(status::answer(
+                machine,
+                Mono::now(),
+                &self.config,
+                &self.sockets,
+                self.started_unix_ms,
+            ));
+            return;
+        }
+        self.next_reply += 1;
+        let id = ReplyId(self.next_reply);
+        self.replies.insert(id, (reply, written));
+        queue.push_back(match request {
+            Request::Reload => Event::Reload { reply: Some(id) },
+            Request::Stop | Request::Status => Event::Stop { reply: id },
+        });
+    }
+
+    /// Reports groups of ending generations that have no process left.
+    fn check_groups(&mut self, queue: &mut VecDeque<Event>) {
+        let reaper = &self.reaper;
+        self.watched.retain(|&id, &mut pgid| {
+            if reaper.group_exists(pgid) {
+                true
+            } else {
+                queue.push_back(Event::GroupEmpty { id });
+                false
+            }
+        });
+    }
+
+    /// Carries out `action`; `Some` when handover must exit.
+    fn execute(
+        &mut self,
+        action: Action,
+        queue: &mut VecDeque<Event>,
+    ) -> Option<Result<(), String>> {
+        match action {
+            Action::Spawn { id } => {
+                let spawned = process::spawn_generation(
+                    id,
+                    &self.config,
+                    &self.sockets,
+                    &self.notify_env,
+                    &self.reaper,
+                    &self.events_tx,
+                );
+                queue.push_front(match spawned {
+                    Ok(pid) => Event::Spawned {
+                        id,
+                        pid,
+                        unix_ms: unix_ms(),
+                    },
+                    Err(error) => Event::SpawnFailed { id, error },
+                });
+            }
+            Action::Probe { id, pid, command } => {
+                let task = tokio::spawn(process::probe_until_ok(
+                    self.reaper.clone(),
+                    command,
+                    id,
+                    pid,
+                    self.events_tx.clone(),
+                ));
+                if let Some(old) = self.probes.insert(id, task) {
+                    old.abort();
+                }
+            }
+            Action::CancelProbe { id } => {
+                if let Some(task) = self.probes.remove(&id) {
+                    task.abort();
+                }
+            }
+            Action::Signal { pgid, signal } => self.reaper.signal_group(pgid, signal),
+            Action::WatchGroup { id, pgid } => {
+                self.watched.insert(id, pgid);
+            }
+            Action::Reply { to, answer } => {
+                if let Some((reply, written)) = self.replies.remove(&to) {
+                    let _ = reply.send(answer);
+                    self.written.push(written);
+                }
+            }
+            Action::Notify(sd) => {
+                let result = match &sd {
+                    Sd::Ready(s) => self.systemd.notify(&[SdState::Ready, SdState::Status(s)]),
+                    Sd::Reloading => self.systemd.notify(&[SdState::Reloading]),
+                    Sd::Status(s) => self.systemd.notify(&[SdState::Status(s)]),
+                    Sd::Stopping(s) => self
+                        .systemd
+                        .notify(&[SdState::Stopping, SdState::Status(s)]),
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "could not notify the service manager");
+                }
+            }
+            Action::Exit(result) => return Some(result),
+        }
+        None
+    }
+
+    /// Before exit: let the control tasks write the last answers.
+    async fn finish(&mut self) {
+        for (_, task) in self.probes.drain() {
+            task.abort();
+        }
+        for done in std::mem::take(&mut self.written) {
+            let _ = tokio::time::timeout(LAST_ANSWER, done).await;
+        }
+    }
+}

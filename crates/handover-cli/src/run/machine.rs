@@ -1,0 +1,2258 @@
+//! The supervisor's state machine: every decision of `handover run`, and no
+//! I/O. [`Machine::handle`] takes the time and one [`Event`] and returns the
+//! [`Action`]s to carry out; [`Machine::next_deadline`] says when to come
+//! back with [`Event::Tick`]. The driver (`driver.rs`) owns the processes,
+//! sockets, timers and channels; it feeds events in and carries actions out.
+//! See the [module docs](super) for the states and transitions.
+//!
+//! The state is plain data (pids, times on `CLOCK_MONOTONIC`, counters,
+//! stderr tails, ids of pending replies): it serializes with serde, so that a
+//! re-executed supervisor can take it over.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use handover::child::Signal;
+
+use super::config::ReadyMode;
+use crate::duration;
+
+/// A point in time on `CLOCK_MONOTONIC` (time since boot): unlike
+/// `std::time::Instant` it has a value that means the same in a re-executed
+/// image of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mono(Duration);
+
+impl Mono {
+    /// Now.
+    pub fn now() -> Mono {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        Mono(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    }
+
+    /// `d` later.
+    pub fn after(self, d: Duration) -> Mono {
+        Mono(self.0.saturating_add(d))
+    }
+
+    /// How long after `earlier` this is (zero if it is not after it).
+    pub fn since(self, earlier: Mono) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// For tests: a time `d` after boot.
+    #[cfg(test)]
+    pub fn at(d: Duration) -> Mono {
+        Mono(d)
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// It exited with this code.
+    Code(i32),
+    /// This signal ended it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl Status {
+    /// Whether it exited with code 0.
+    pub fn success(self) -> bool {
+        self == Status::Code(0)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Status::Code(c) => write!(f, "exited with code {c}"),
+            Status::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                match Signal::from_raw(signal) {
+                    Some(s) => write!(f, "was killed by {s}")?,
+                    None => write!(f, "was killed by signal {signal}")?,
+                }
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Identifies a client waiting for an answer (the driver keeps the channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplyId(pub u64);
+
+/// What the machine is told.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Start the first generation.
+    Start,
+    /// A reload was asked for, by the control socket (with a reply) or SIGHUP.
+    Reload {
+        /// Who waits for the outcome.
+        reply: Option<ReplyId>,
+    },
+    /// `handover stop`: stop gracefully, answer when done.
+    Stop {
+        /// Who waits for the end.
+        reply: ReplyId,
+    },
+    /// A signal reached handover (one event per delivery, never coalesced).
+    Signal(Signal),
+    /// The process of generation `id` was started.
+    Spawned {
+        /// Which generation.
+        id: u64,
+        /// Its pid, which is also its process group id.
+        pid: u32,
+        /// Wall-clock start, for `status`.
+        unix_ms: u128,
+    },
+    /// Generation `id` could not be started at all.
+    SpawnFailed {
+        /// Which generation.
+        id: u64,
+        /// Why.
+        error: String,
+    },
+    /// A child process of handover was reaped.
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: Status,
+    },
+    /// No process is left in the process group of generation `id`.
+    GroupEmpty {
+        /// Which generation.
+        id: u64,
+    },
+    /// A datagram on the notify socket.
+    Notify {
+        /// The sender's pid (from the kernel).
+        pid: u32,
+        /// The sender's process group, if it was still alive to ask.
+        pgid: Option<u32>,
+        /// `READY=1`.
+        ready: bool,
+        /// `STATUS=`.
+        status: Option<String>,
+    },
+    /// The readiness probe of generation `id` exited 0.
+    ProbePassed {
+        /// Which generation.
+        id: u64,
+    },
+    /// Lines generation `id` wrote to stderr.
+    Stderr {
+        /// Which generation.
+        id: u64,
+        /// The lines (without newlines).
+        lines: Vec<String>,
+    },
+    /// Generation `id`'s stderr pipe closed (every writer is gone).
+    StderrClosed {
+        /// Which generation.
+        id: u64,
+    },
+    /// Time passed: act on every deadline that is due.
+    Tick,
+}
+
+/// What systemd is told (`NOTIFY_SOCKET` of handover itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sd {
+    /// `READY=1` and `STATUS=`.
+    Ready(String),
+    /// `RELOADING=1` (with `MONOTONIC_USEC=`).
+    Reloading,
+    /// `STATUS=` alone.
+    Status(String),
+    /// `STOPPING=1` and `STATUS=`.
+    Stopping(String),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start generation `id`'s process; answer with [`Event::Spawned`] or
+    /// [`Event::SpawnFailed`].
+    Spawn {
+        /// Which generation.
+        id: u64,
+    },
+    /// Run the `exec:` readiness probe for generation `id` until it exits 0,
+    /// then send [`Event::ProbePassed`].
+    Probe {
+        /// Which generation.
+        id: u64,
+        /// Its pid (the probe gets it as `HANDOVER_PID`).
+        pid: u32,
+        /// The shell command.
+        command: String,
+    },
+    /// Stop running generation `id`'s probe (and kill one that runs).
+    CancelProbe {
+        /// Which generation.
+        id: u64,
+    },
+    /// Send `signal` to process group `pgid`.
+    Signal {
+        /// The process group (a generation's pid).
+        pgid: u32,
+        /// The signal.
+        signal: Signal,
+    },
+    /// Watch generation `id`'s process group; send [`Event::GroupEmpty`]
+    /// once no process is left in it.
+    WatchGroup {
+        /// Which generation.
+        id: u64,
+        /// Its process group.
+        pgid: u32,
+    },
+    /// Answer a client.
+    Reply {
+        /// Who.
+        to: ReplyId,
+        /// The JSON answer.
+        answer: serde_json::Value,
+    },
+    /// Tell systemd.
+    Notify(Sd),
+    /// Everything is stopped: exit, with this outcome.
+    Exit(Result<(), String>),
+}
+
+/// The machine's settings (from the command line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// When a generation counts as ready.
+    pub ready: ReadyMode,
+    /// How long a generation has to become ready.
+    pub ready_timeout: Duration,
+    /// How long a ready generation must stay up before the old one is told
+    /// to stop (zero: at once). Issue 13 sets it from `--settle`.
+    pub settle: Duration,
+    /// The stop signal.
+    #[serde(with = "signal_number")]
+    pub stop_signal: Signal,
+    /// Then SIGKILL to the group.
+    pub stop_timeout: Duration,
+    /// Random delay before a graceful stop signal.
+    pub splay: Duration,
+    /// Reload by signalling the current generation instead.
+    #[serde(with = "opt_signal_number")]
+    pub reload_signal: Option<Signal>,
+    /// Longest crash-restart delay.
+    pub max_backoff: Duration,
+    /// A generation that stayed current this long resets the backoff.
+    pub backoff_reset: Duration,
+    /// Crash restarts allowed within `start_limit_interval` (0: no limit).
+    pub start_limit_burst: u32,
+    /// See `start_limit_burst`.
+    pub start_limit_interval: Duration,
+    /// How many replaced generations may drain while a reload starts
+    /// another; more reloads wait. Issue 13 makes this `--max-draining`.
+    pub max_draining: usize,
+}
+
+/// The first crash-restart delay; each crash in a row doubles it.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A generation that stays current this long resets the crash backoff.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(10);
+
+/// Lines of a generation's stderr kept for error reports.
+pub const STDERR_TAIL: usize = 20;
+
+/// After a generation's last process is gone, how long to wait for its
+/// stderr pipe to close (so the last lines are in its report). A process
+/// outside the group that inherited the pipe could hold it open for ever.
+pub const STDERR_LINGER: Duration = Duration::from_millis(200);
+
+/// After SIGKILL, how often SIGKILL is sent again to a group that is still
+/// not empty.
+pub const KILL_AGAIN: Duration = Duration::from_secs(1);
+
+/// Why a generation was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purpose {
+    /// The first one, at start-up: if it fails, handover exits.
+    First,
+    /// A reload (control socket or SIGHUP).
+    Reload,
+    /// A restart after the current generation died.
+    Restart,
+}
+
+/// Why a generation is ending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// A newer generation took over: it drains.
+    Replaced,
+    /// Its main process died on its own while it was current; the rest of
+    /// its process group is stopped.
+    Crashed,
+    /// It failed to become ready (or to settle); the text says how. The
+    /// reload that started it is answered once it is gone.
+    Failed(String),
+    /// handover is stopping.
+    Stopping,
+}
+
+impl EndReason {
+    /// Its name in `status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndReason::Replaced => "replaced",
+            EndReason::Crashed => "crashed",
+            EndReason::Failed(_) => "failed",
+            EndReason::Stopping => "stopping",
+        }
+    }
+}
+
+/// A generation on its way out: the stop signal (after a random splay),
+/// SIGKILL at the stop timeout, and gone once its main process is reaped,
+/// its process group is empty and its stderr has closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ending {
+    /// Why.
+    pub reason: EndReason,
+    /// When the stop signal is due (`None` once sent).
+    pub signal_at: Option<Mono>,
+    /// When SIGKILL is due.
+    pub kill_at: Option<Mono>,
+    /// SIGKILL was sent.
+    pub killed: bool,
+    /// A signal was sent while its main process was alive.
+    pub signalled: bool,
+    /// How its main process ended, once reaped.
+    pub leader: Option<Status>,
+    /// No process is left in its group.
+    pub group_empty: bool,
+    /// Until when to wait for its stderr to close.
+    pub linger_until: Option<Mono>,
+}
+
+/// Where a generation is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GenState {
+    /// Started, not yet ready; failed at `deadline`.
+    Starting {
+        /// The ready timeout.
+        deadline: Mono,
+        /// With `--ready delay:`: ready then.
+        ready_at: Option<Mono>,
+    },
+    /// Ready; the previous generation still serves until `until`.
+    Settling {
+        /// End of the settle window.
+        until: Mono,
+    },
+    /// The generation that serves.
+    Current {
+        /// Since when.
+        since: Mono,
+    },
+    /// Stopping (see [`Ending`]).
+    Draining(Ending),
+}
+
+impl GenState {
+    /// The name `status` shows. The current generation shows as `ready`
+    /// (its `current` field says it serves), as it always has.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GenState::Starting { .. } => "starting",
+            GenState::Settling { .. } => "settling",
+            GenState::Current { .. } => "ready",
+            GenState::Draining(_) => "draining",
+        }
+    }
+}
+
+/// One generation of the program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// 1, 2, ... in start order.
+    pub id: u64,
+    /// Its main process (also its process group), once started.
+    pub pid: Option<u32>,
+    /// Why it was started.
+    pub purpose: Purpose,
+    /// Where it is.
+    pub state: GenState,
+    /// When it was started.
+    pub started: Mono,
+    /// The same, as wall-clock milliseconds since the epoch.
+    pub started_unix_ms: u128,
+    /// How long it took to become ready.
+    pub ready_after: Option<Duration>,
+    /// Its last `STATUS=`.
+    pub status: Option<String>,
+    /// Whether it wrote anything to the notify socket.
+    pub notified: bool,
+    /// The last lines of its stderr.
+    pub stderr: VecDeque<String>,
+    /// Its stderr pipe closed.
+    pub stderr_closed: bool,
+}
+
+impl Generation {
+    /// Its last `n` stderr lines.
+    pub fn tail(&self, n: usize) -> String {
+        let skip = self.stderr.len().saturating_sub(n);
+        self.stderr
+            .iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn label(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("generation {} (pid {pid})", self.id),
+            None => format!("generation {}", self.id),
+        }
+    }
+}
+
+/// Counters for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Starts that were answered (the first start, reloads, restarts).
+    pub reloads: u64,
+    /// Of which failed.
+    pub failed_reloads: u64,
+    /// Restarts after the current generation died.
+    pub restarts: u64,
+    /// The outcome of the last start.
+    pub last_reload: Option<serde_json::Value>,
+}
+
+/// A start in progress and who waits for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The generation being started.
+    pub id: u64,
+    /// Who waits for the outcome.
+    pub replies: Vec<ReplyId>,
+    /// When it was asked for.
+    pub started: Mono,
+}
+
+/// Crash restarts: backoff and start limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Restarts {
+    /// Crash restarts in a row without a generation that stayed up.
+    pub attempt: u32,
+    /// When the next restart is due.
+    pub due: Option<Mono>,
+    /// When the current generation will have stayed up long enough to
+    /// reset `attempt`.
+    pub reset_at: Option<Mono>,
+    /// When recent restarts started (for the start limit).
+    pub recent: VecDeque<Mono>,
+    /// Clients whose reload the pending restart answers.
+    pub replies: Vec<ReplyId>,
+}
+
+/// Where handover is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Supervising.
+    Running,
+    /// Stopping every generation; then exit with `error` (if any).
+    Stopping {
+        /// Why handover gives up, when it does.
+        error: Option<String>,
+        /// A second stop signal came: everything was SIGKILLed.
+        hurried: bool,
+    },
+    /// Done.
+    Exited,
+}
+
+/// The supervisor's whole state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    /// Settings.
+    pub settings: Settings,
+    /// Generations, oldest first (exited ones are removed).
+    pub gens: Vec<Generation>,
+    /// The next generation's id.
+    pub next_id: u64,
+    /// Where handover is.
+    pub phase: Phase,
+    /// The start in progress, if any.
+    pub in_flight: Option<InFlight>,
+    /// Reloads asked for during a start: answered by the next one.
+    pub queued: Option<Vec<ReplyId>>,
+    /// Crash restarts.
+    pub restarts: Restarts,
+    /// Clients of `handover stop`.
+    pub stop_replies: Vec<ReplyId>,
+    /// Counters.
+    pub stats: Stats,
+    /// Random state for the splay.
+    rng_seed: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// The delay before crash restart number `attempt` (1, 2, ...).
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max)
+}
+
+impl Machine {
+    /// A supervisor with nothing started yet; [`Event::Start`] starts it.
+    pub fn new(settings: Settings) -> Machine {
+        Machine {
+            settings,
+            gens: Vec::new(),
+            next_id: 1,
+            phase: Phase::Running,
+            in_flight: None,
+            queued: None,
+            restarts: Restarts::default(),
+            stop_replies: Vec::new(),
+            stats: Stats::default(),
+            rng_seed: fastrand::u64(..),
+        }
+    }
+
+    /// The generation that serves.
+    pub fn current(&self) -> Option<&Generation> {
+        self.gens
+            .iter()
+            .find(|g| matches!(g.state, GenState::Current { .. }))
+    }
+
+    fn gen_mut(&mut self, id: u64) -> Option<&mut Generation> {
+        self.gens.iter_mut().find(|g| g.id == id)
+    }
+
+    fn find(&self, id: u64) -> Option<&Generation> {
+        self.gens.iter().find(|g| g.id == id)
+    }
+
+    fn draining_replaced(&self) -> usize {
+        self.gens
+            .iter()
+            .filter(
+                |g| matches!(&g.state, GenState::Draining(e) if e.reason == EndReason::Replaced),
+            )
+            .count()
+    }
+
+    /// When [`Event::Tick`] is next needed.
+    pub fn next_deadline(&self) -> Option<Mono> {
+        let mut times = vec![self.restarts.due, self.restarts.reset_at];
+        for g in &self.gens {
+            match &g.state {
+                GenState::Starting { deadline, ready_at } => {
+                    times.push(Some(*deadline));
+                    // Only once it runs: a delay counts from the start.
+                    if g.pid.is_some() {
+                        times.push(*ready_at);
+                    }
+                }
+                GenState::Settling { until } => times.push(Some(*until)),
+                GenState::Current { .. } => {}
+                GenState::Draining(e) => {
+                    times.extend([e.signal_at, e.kill_at, e.linger_until]);
+                }
+            }
+        }
+        times.into_iter().flatten().min()
+    }
+
+    /// One event in, the actions out. Every path of the supervisor is a
+    /// match arm here or in the methods it calls.
+    pub fn handle(&mut self, now: Mono, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Exited {
+            return out;
+        }
+        match event {
+            Event::Start => self.start(now, Purpose::First, Vec::new(), &mut out),
+            Event::Reload { reply } => self.reload(now, reply, &mut out),
+            Event::Stop { reply } => {
+                self.stop_replies.push(reply);
+                if self.phase == Phase::Running {
+                    tracing::info!("stop requested: stopping");
+                    self.begin_stop(now, None, &mut out);
+                }
+            }
+            Event::Signal(sig) => self.signal(now, sig, &mut out),
+            Event::Spawned { id, pid, unix_ms } => self.spawned(now, id, pid, unix_ms, &mut out),
+            Event::SpawnFailed { id, error } => self.spawn_failed(now, id, error, &mut out),
+            Event::Exited { pid, status } => self.exited(now, pid, status, &mut out),
+            Event::GroupEmpty { id } => {
+                if let Some(g) = self.gen_mut(id)
+                    && let GenState::Draining(e) = &mut g.state
+                {
+                    e.group_empty = true;
+                }
+                self.check_gone(now, id, &mut out);
+            }
+            Event::Notify {
+                pid,
+                pgid,
+                ready,
+                status,
+            } => self.notify(now, pid, pgid, ready, status, &mut out),
+            Event::ProbePassed { id } => {
+                if self
+                    .find(id)
+                    .is_some_and(|g| matches!(g.state, GenState::Starting { .. }))
+                {
+                    self.became_ready(now, id, &mut out);
+                }
+            }
+            Event::Stderr { id, lines } => {
+                if let Some(g) = self.gen_mut(id) {
+                    for line in lines {
+                        if g.stderr.len() == STDERR_TAIL {
+                            g.stderr.pop_front();
+                        }
+                        g.stderr.push_back(line);
+                    }
+                }
+            }
+            Event::StderrClosed { id } => {
+                if let Some(g) = self.gen_mut(id) {
+                    g.stderr_closed = true;
+                }
+                self.check_gone(now, id, &mut out);
+            }
+            Event::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    /// Starts a generation for `purpose`; `replies` wait for its outcome.
+    fn start(&mut self, now: Mono, purpose: Purpose, replies: Vec<ReplyId>, out: &mut Vec<Action>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let ready_at = match &self.settings.ready {
+            ReadyMode::Delay(d) => Some(now.after(*d)),
+            _ => None,
+        };
+        if purpose == Purpose::Reload && self.current().is_some() {
+            out.push(Action::Notify(Sd::Reloading));
+        }
+        self.gens.push(Generation {
+            id,
+            pid: None,
+            purpose,
+            state: GenState::Starting {
+                deadline: now.after(self.settings.ready_timeout),
+                ready_at,
+            },
+            started: now,
+            started_unix_ms: 0,
+            ready_after: None,
+            status: None,
+            notified: false,
+            stderr: VecDeque::new(),
+            stderr_closed: false,
+        });
+        self.in_flight = Some(InFlight {
+            id,
+            replies,
+            started: now,
+        });
+        out.push(Action::Spawn { id });
+    }
+
+    fn spawned(&mut self, now: Mono, id: u64, pid: u32, unix_ms: u128, out: &mut Vec<Action>) {
+        let (probe, delay) = match &self.settings.ready {
+            ReadyMode::Exec(c) => (Some(c.clone()), None),
+            ReadyMode::Delay(d) => (None, Some(*d)),
+            ReadyMode::Notify => (None, None),
+        };
+        let Some(g) = self.gen_mut(id) else { return };
+        g.pid = Some(pid);
+        g.started_unix_ms = unix_ms;
+        // Readiness counts from when the process runs.
+        g.started = now;
+        if let (GenState::Starting { ready_at, .. }, Some(d)) = (&mut g.state, delay) {
+            *ready_at = Some(now.after(d));
+        }
+        tracing::info!(
+            generation = id,
+            pid,
+            "started a new generation; waiting until it is ready"
+        );
+        if let Some(command) = probe {
+            out.push(Action::Probe { id, pid, command });
+        }
+    }
+
+    fn spawn_failed(&mut self, now: Mono, id: u64, error: String, out: &mut Vec<Action>) {
+        let Some(pos) = self.gens.iter().position(|g| g.id == id) else {
+            return;
+        };
+        let g = self.gens.remove(pos);
+        let message = format!("could not start a new generation: {error}");
+        self.start_failed(now, id, g.purpose, message, out);
+    }
+
+    /// A reload was asked for.
+    fn reload(&mut self, now: Mono, reply: Option<ReplyId>, out: &mut Vec<Action>) {
+        if self.phase != Phase::Running {
+            if let Some(to) = reply {
+                out.push(Action::Reply {
+                    to,
+                    answer: error_answer("handover is stopping"),
+                });
+            }
+            return;
+        }
+        if let (Some(signal), Some(cur)) = (self.settings.reload_signal, self.current())
+            && let Some(pid) = cur.pid
+        {
+            tracing::info!(%signal, pid, "reload: signalled the current generation");
+            out.push(Action::Signal { pgid: pid, signal });
+            self.record(now, now, true, Some(pid), None);
+            if let Some(to) = reply {
+                out.push(Action::Reply {
+                    to,
+                    answer: json!({"ok": true, "signalled": signal.to_string(), "pid": pid}),
+                });
+            }
+            return;
+        }
+        let replies: Vec<ReplyId> = reply.into_iter().collect();
+        if self.in_flight.is_some() {
+            // Answered by the start after the one in progress.
+            self.queued.get_or_insert_with(Vec::new).extend(replies);
+        } else if self.restarts.due.is_some() {
+            // Nothing serves and a crash restart waits for its backoff: an
+            // operator's reload starts it now.
+            self.restarts.due = None;
+            let mut waiting = std::mem::take(&mut self.restarts.replies);
+            waiting.extend(replies);
+            self.start(now, Purpose::Reload, waiting, out);
+        } else if self.current().is_some() && self.draining_replaced() >= self.settings.max_draining
+        {
+            // Waits until an old generation has drained.
+            self.queued.get_or_insert_with(Vec::new).extend(replies);
+        } else {
+            self.start(now, Purpose::Reload, replies, out);
+        }
+    }
+
+    /// Starts the queued reload if nothing stands in its way.
+    fn start_queued(&mut self, now: Mono, out: &mut Vec<Action>) {
+        if self.phase != Phase::Running || self.in_flight.is_some() || self.queued.is_none() {
+            return;
+        }
+        if self.current().is_some() && self.draining_replaced() >= self.settings.max_draining {
+            return;
+        }
+        if self.restarts.due.is_some() {
+            self.restarts.due = None;
+        }
+        let mut replies = self.queued.take().unwrap_or_default();
+        replies.append(&mut self.restarts.replies);
+        self.start(now, Purpose::Reload, replies, out);
+    }
+
+    fn signal(&mut self, now: Mono, sig: Signal, out: &mut Vec<Action>) {
+        if sig == Signal::HUP {
+            tracing::info!("SIGHUP: reload requested");
+            self.reload(now, None, out);
+        } else if sig == Signal::TERM || sig == Signal::INT {
+            match self.phase {
+                Phase::Running => {
+                    tracing::info!(signal = %sig, "stopping");
+                    self.begin_stop(now, None, out);
+                }
+                Phase::Stopping { hurried: false, .. } => self.hurry(now, sig, out),
+                _ => {}
+            }
+        } else {
+            match self.current().and_then(|c| c.pid) {
+                Some(pid) => {
+                    tracing::info!(signal = %sig, pid, "forwarding a signal to the current generation");
+                    out.push(Action::Signal {
+                        pgid: pid,
+                        signal: sig,
+                    });
+                }
+                None => tracing::warn!(signal = %sig, "no generation to forward the signal to"),
+            }
+        }
+    }
+
+    /// A second stop signal: SIGKILL to every generation now.
+    fn hurry(&mut self, now: Mono, sig: Signal, out: &mut Vec<Action>) {
+        if let Phase::Stopping { hurried, .. } = &mut self.phase {
+            *hurried = true;
+        }
+        tracing::warn!(signal = %sig, "second stop signal: killing every generation now");
+        for g in &mut self.gens {
+            if let (Some(pid), GenState::Draining(e)) = (g.pid, &mut g.state)
+                && !e.group_empty
+            {
+                out.push(Action::Signal {
+                    pgid: pid,
+                    signal: Signal::KILL,
+                });
+                e.signal_at = None;
+                e.killed = true;
+                e.signalled |= e.leader.is_none();
+                e.kill_at = Some(now.after(KILL_AGAIN));
+            }
+        }
+    }
+
+    fn notify(
+        &mut self,
+        now: Mono,
+        pid: u32,
+        pgid: Option<u32>,
+        ready: bool,
+        status: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        let notify_mode = self.settings.ready == ReadyMode::Notify;
+        let Some(g) = self
+            .gens
+            .iter_mut()
+            .find(|g| g.pid.is_some() && (g.pid == Some(pid) || (pgid.is_some() && g.pid == pgid)))
+        else {
+            tracing::debug!(
+                pid,
+                "a notify message from a process that is not a generation; ignored"
+            );
+            return;
+        };
+        g.notified = true;
+        if let Some(s) = status {
+            g.status = Some(s);
+        }
+        let id = g.id;
+        if ready && notify_mode && matches!(g.state, GenState::Starting { .. }) {
+            self.became_ready(now, id, out);
+        }
+    }
+
+    /// Generation `id` (starting) is ready.
+    fn became_ready(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let settle = self.settings.settle;
+        let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
+        let has_current = self.current().is_some();
+        let Some(g) = self.gen_mut(id) else { return };
+        g.ready_after = Some(now.since(g.started));
+        if exec {
+            out.push(Action::CancelProbe { id });
+        }
+        if !settle.is_zero() && has_current {
+            g.state = GenState::Settling {
+                until: now.after(settle),
+            };
+            tracing::info!(generation = id, settle = ?settle, "generation is ready; settling");
+            return;
+        }
+        self.promote(now, id, out);
+    }
+
+    /// Generation `id` becomes the current one; the previous one drains.
+    fn promote(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let old = self.current().map(|g| g.id);
+        if let Some(old) = old {
+            self.begin_ending(now, old, EndReason::Replaced, out);
+        }
+        let reset_after = self.settings.backoff_reset;
+        let Some(g) = self.gen_mut(id) else { return };
+        g.state = GenState::Current { since: now };
+        let (pid, ready_after) = (g.pid, g.ready_after.unwrap_or_default());
+        self.restarts.reset_at = Some(now.after(reset_after));
+        tracing::info!(generation = id, pid, ready_after = ?ready_after, "generation is ready");
+        out.push(Action::Notify(Sd::Ready("serving".into())));
+        let started = self
+            .in_flight
+            .as_ref()
+            .filter(|f| f.id == id)
+            .map_or(now, |f| f.started);
+        self.record(now, started, true, pid, None);
+        let answer = json!({
+            "ok": true, "generation": id, "pid": pid,
+            "ready_after_ms": ms(ready_after), "took_ms": ms(now.since(started)),
+        });
+        if let Some(f) = self.in_flight.take_if(|f| f.id == id) {
+            for to in f.replies {
+                out.push(Action::Reply {
+                    to,
+                    answer: answer.clone(),
+                });
+            }
+        }
+        self.start_queued(now, out);
+    }
+
+    /// Generation `id` starts ending for `reason`.
+    fn begin_ending(&mut self, now: Mono, id: u64, reason: EndReason, out: &mut Vec<Action>) {
+        self.end(now, id, reason, None, out);
+    }
+
+    /// [`Machine::begin_ending`] for a generation whose main process already
+    /// ended with `leader` (if `Some`).
+    fn end(
+        &mut self,
+        now: Mono,
+        id: u64,
+        reason: EndReason,
+        leader: Option<Status>,
+        out: &mut Vec<Action>,
+    ) {
+        let splay = self.settings.splay;
+        let graceful = matches!(reason, EndReason::Replaced | EndReason::Stopping);
+        let delay = if graceful && !splay.is_zero() {
+            self.rng_seed = self
+                .rng_seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let nanos = u64::try_from(splay.as_nanos()).unwrap_or(u64::MAX).max(1);
+            Duration::from_nanos((self.rng_seed >> 11) % nanos)
+        } else {
+            Duration::ZERO
+        };
+        let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
+        let Some(g) = self.gen_mut(id) else { return };
+        match &g.state {
+            GenState::Draining(_) => return,
+            GenState::Starting { .. } if exec => out.push(Action::CancelProbe { id }),
+            _ => {}
+        }
+        g.state = GenState::Draining(Ending {
+            reason,
+            signal_at: Some(now.after(delay)),
+            kill_at: None,
+            killed: false,
+            signalled: false,
+            leader,
+            group_empty: false,
+            linger_until: None,
+        });
+        if let Some(pid) = g.pid {
+            out.push(Action::WatchGroup { id, pgid: pid });
+        }
+        self.drain_due(now, id, out);
+    }
+
+    /// Sends what is due to ending generation `id`.
+    fn drain_due(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let (stop_signal, stop_timeout) = (self.settings.stop_signal, self.settings.stop_timeout);
+        let Some(g) = self.gen_mut(id) else { return };
+        let (id, pid) = (g.id, g.pid);
+        let GenState::Draining(e) = &mut g.state else {
+            return;
+        };
+        let Some(pid) = pid else { return };
+        if e.signal_at.is_some_and(|t| t <= now) {
+            e.signal_at = None;
+            if !e.group_empty {
+                out.push(Action::Signal {
+                    pgid: pid,
+                    signal: stop_signal,
+                });
+                // A stopped process acts on the stop signal only once it is
+                // continued (systemd does the same).
+                if stop_signal != Signal::KILL && stop_signal != Signal::CONT {
+                    out.push(Action::Signal {
+                        pgid: pid,
+                        signal: Signal::CONT,
+                    });
+                }
+                e.signalled |= e.leader.is_none();
+                e.kill_at = Some(now.after(stop_timeout));
+            }
+        }
+        if e.kill_at.is_some_and(|t| t <= now) {
+            if e.group_empty {
+                e.kill_at = None;
+            } else {
+                if !e.killed {
+                    tracing::warn!(generation = id, pid, stop_timeout = ?stop_timeout,
+                        leader_exited = e.leader.is_some(),
+                        "the generation did not end within its stop timeout; sending SIGKILL to its process group");
+                }
+                out.push(Action::Signal {
+                    pgid: pid,
+                    signal: Signal::KILL,
+                });
+                e.killed = true;
+                e.signalled |= e.leader.is_none();
+                e.kill_at = Some(now.after(KILL_AGAIN));
+            }
+        }
+    }
+
+    /// A child of handover was reaped.
+    fn exited(&mut self, now: Mono, pid: u32, status: Status, out: &mut Vec<Action>) {
+        let Some(g) = self.gens.iter().find(|g| g.pid == Some(pid)) else {
+            return;
+        };
+        let id = g.id;
+        match g.state.clone() {
+            GenState::Starting { .. } => {
+                let why = format!("exited before it was ready: it {status}");
+                self.end(now, id, EndReason::Failed(why), Some(status), out);
+            }
+            GenState::Settling { .. } => {
+                let why = format!("exited while it settled, after it was ready: it {status}");
+                self.end(now, id, EndReason::Failed(why), Some(status), out);
+            }
+            GenState::Current { since } => {
+                tracing::error!(
+                    generation = id, pid, status = %status, uptime = ?now.since(since),
+                    stderr = %g.tail(5),
+                    "the current generation died on its own; starting a new one"
+                );
+                self.restarts.reset_at = None;
+                self.end(now, id, EndReason::Crashed, Some(status), out);
+                self.after_crash(now, id, status, out);
+            }
+            GenState::Draining(_) => {}
+        }
+        if let Some(g) = self.gen_mut(id)
+            && let GenState::Draining(e) = &mut g.state
+        {
+            e.leader = Some(status);
+        }
+        self.check_gone(now, id, out);
+    }
+
+    /// The current generation `id` died: who serves next.
+    fn after_crash(&mut self, now: Mono, id: u64, status: Status, out: &mut Vec<Action>) {
+        if let Some(settling) = self
+            .gens
+            .iter()
+            .find(|g| matches!(g.state, GenState::Settling { .. }))
+            .map(|g| g.id)
+        {
+            tracing::info!(
+                generation = settling,
+                "the generation that settles takes over at once"
+            );
+            self.promote(now, settling, out);
+            return;
+        }
+        if let Some(f) = &self.in_flight {
+            tracing::info!(
+                generation = f.id,
+                "the generation being started takes over once it is ready"
+            );
+            out.push(Action::Notify(Sd::Status(format!(
+                "no generation serves: generation {id} {status}; generation {} is starting",
+                f.id
+            ))));
+            return;
+        }
+        let cause = format!("generation {id} {status}");
+        self.schedule_restart(now, cause, out);
+    }
+
+    /// Nothing serves: starts a generation again after the backoff, or gives
+    /// up at the start limit.
+    fn schedule_restart(&mut self, now: Mono, cause: String, out: &mut Vec<Action>) {
+        if self.phase != Phase::Running || self.restarts.due.is_some() {
+            return;
+        }
+        let (burst, interval) = (
+            self.settings.start_limit_burst,
+            self.settings.start_limit_interval,
+        );
+        while self
+            .restarts
+            .recent
+            .front()
+            .is_some_and(|t| now.since(*t) >= interval)
+        {
+            self.restarts.recent.pop_front();
+        }
+        if burst > 0 && self.restarts.recent.len() >= burst as usize {
+            let error = format!(
+                "the program keeps failing: it was restarted {} times within {} \
+                 (--start-limit-burst {burst}, --start-limit-interval {}); giving up. The last \
+                 failure: {cause}",
+                self.restarts.recent.len(),
+                duration::format(interval),
+                duration::format(interval),
+            );
+            self.begin_stop(now, Some(error), out);
+            return;
+        }
+        self.restarts.attempt += 1;
+        let delay = backoff(self.restarts.attempt, self.settings.max_backoff);
+        self.restarts.due = Some(now.after(delay));
+        tracing::info!(attempt = self.restarts.attempt, delay = ?delay, "restarting the program after a crash");
+        out.push(Action::Notify(Sd::Status(format!(
+            "restarting in {} (crash restart {} in a row): {}",
+            duration::format(delay),
+            self.restarts.attempt,
+            first_line(&cause)
+        ))));
+    }
+
+    /// Generation `id` ended, or may have: once its main process is reaped,
+    /// its group is empty and its stderr closed (or lingered), it is gone.
+    fn check_gone(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let Some(g) = self.gen_mut(id) else { return };
+        let closed = g.stderr_closed;
+        let GenState::Draining(e) = &mut g.state else {
+            return;
+        };
+        if e.leader.is_none() || !e.group_empty {
+            return;
+        }
+        if !closed && e.linger_until.is_none_or(|t| t > now) {
+            e.linger_until.get_or_insert(now.after(STDERR_LINGER));
+            return;
+        }
+        self.gone(now, id, out);
+    }
+
+    /// Generation `id` is gone as a whole.
+    fn gone(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let Some(pos) = self.gens.iter().position(|g| g.id == id) else {
+            return;
+        };
+        let g = self.gens.remove(pos);
+        let GenState::Draining(e) = &g.state else {
+            return;
+        };
+        let status = e.leader.map(|s| s.to_string()).unwrap_or_default();
+        match &e.reason {
+            EndReason::Replaced => {
+                tracing::info!(generation = id, pid = g.pid, status = %status, "old generation is gone")
+            }
+            EndReason::Crashed => {
+                tracing::info!(
+                    generation = id,
+                    pid = g.pid,
+                    "the crashed generation is gone, with every process of its group"
+                )
+            }
+            EndReason::Stopping => {
+                tracing::info!(generation = id, pid = g.pid, status = %status, "generation stopped")
+            }
+            EndReason::Failed(why) => {
+                let mut message = format!("the new {} {why}", g.label());
+                if e.signalled {
+                    message.push_str("; it was killed");
+                }
+                let tail = g.tail(10);
+                if !tail.is_empty() {
+                    message.push_str(&format!("\nits last stderr lines:\n{tail}"));
+                }
+                self.start_failed(now, id, g.purpose, message, out);
+            }
+        }
+        if let Phase::Stopping { error, .. } = &self.phase
+            && self.gens.is_empty()
+        {
+            let result = match error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            };
+            self.exit(result, out);
+            return;
+        }
+        self.start_queued(now, out);
+    }
+
+    /// The start of generation `id` failed with `message`.
+    fn start_failed(
+        &mut self,
+        now: Mono,
+        id: u64,
+        purpose: Purpose,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(flight) = self.in_flight.take_if(|f| f.id == id) else {
+            return;
+        };
+        self.record(now, flight.started, false, None, Some(message.clone()));
+        for to in flight.replies {
+            out.push(Action::Reply {
+                to,
+                answer: error_answer(message.clone()),
+            });
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        if self.current().is_some() {
+            tracing::error!(error = %message, "reload failed; the current generation serves on");
+            out.push(Action::Notify(Sd::Ready(format!(
+                "reload failed: {}",
+                first_line(&message)
+            ))));
+        } else if purpose == Purpose::First {
+            // Never served: failing here is failing to start.
+            self.begin_stop(
+                now,
+                Some(format!("the first generation did not start: {message}")),
+                out,
+            );
+            return;
+        } else {
+            tracing::error!(error = %message, "no generation serves; trying again");
+            self.schedule_restart(now, message, out);
+        }
+        self.start_queued(now, out);
+    }
+
+    /// Stops every generation; exits when they are gone.
+    fn begin_stop(&mut self, now: Mono, error: Option<String>, out: &mut Vec<Action>) {
+        let status = match &error {
+            Some(e) => format!("gave up: {}", first_line(e)),
+            None => "stopping".to_string(),
+        };
+        if let Some(e) = &error {
+            tracing::error!("{e}");
+        }
+        self.phase = Phase::Stopping {
+            error: error.clone(),
+            hurried: false,
+        };
+        out.push(Action::Notify(Sd::Stopping(status)));
+        self.restarts.due = None;
+        let mut waiting: Vec<ReplyId> = Vec::new();
+        if let Some(f) = self.in_flight.take() {
+            waiting.extend(f.replies);
+        }
+        waiting.extend(self.queued.take().unwrap_or_default());
+        waiting.append(&mut self.restarts.replies);
+        for to in waiting {
+            out.push(Action::Reply {
+                to,
+                answer: error_answer("handover is stopping"),
+            });
+        }
+        let ids: Vec<u64> = self.gens.iter().map(|g| g.id).collect();
+        tracing::info!(generations = ids.len(), "stopping");
+        for id in ids {
+            if let Some(g) = self.gen_mut(id)
+                && let GenState::Draining(e) = &mut g.state
+            {
+                // Already ending: it now ends for the stop (a failed start
+                // is no longer answered).
+                if matches!(e.reason, EndReason::Failed(_)) {
+                    e.reason = EndReason::Stopping;
+                }
+                continue;
+            }
+            self.begin_ending(now, id, EndReason::Stopping, out);
+        }
+        if self.gens.is_empty() {
+            let result = match error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+            self.exit(result, out);
+        }
+    }
+
+    fn exit(&mut self, result: Result<(), String>, out: &mut Vec<Action>) {
+        self.phase = Phase::Exited;
+        for to in self.stop_replies.drain(..) {
+            out.push(Action::Reply {
+                to,
+                answer: json!({"ok": true, "stopped": true}),
+            });
+        }
+        tracing::info!("stopped");
+        out.push(Action::Exit(result));
+    }
+
+    /// Acts on every deadline that is due.
+    fn tick(&mut self, now: Mono, out: &mut Vec<Action>) {
+        if self.restarts.reset_at.is_some_and(|t| t <= now) {
+            self.restarts.reset_at = None;
+            if self.restarts.attempt > 0 {
+                tracing::debug!("the current generation stayed up: crash backoff reset");
+            }
+            self.restarts.attempt = 0;
+        }
+        if self.restarts.due.is_some_and(|t| t <= now) {
+            self.restarts.due = None;
+            self.restarts.recent.push_back(now);
+            self.stats.restarts += 1;
+            let replies = std::mem::take(&mut self.restarts.replies);
+            self.start(now, Purpose::Restart, replies, out);
+        }
+        let ids: Vec<u64> = self.gens.iter().map(|g| g.id).collect();
+        for id in ids {
+            let Some(g) = self.find(id) else { continue };
+            match g.state.clone() {
+                GenState::Starting { deadline, ready_at } => {
+                    if g.pid.is_some() && ready_at.is_some_and(|t| t <= now) {
+                        self.became_ready(now, id, out);
+                    } else if deadline <= now {
+                        let why = self.timeout_reason(g);
+                        self.begin_ending(now, id, EndReason::Failed(why), out);
+                    }
+                }
+                GenState::Settling { until } if until <= now => self.promote(now, id, out),
+                GenState::Draining(e) => {
+                    self.drain_due(now, id, out);
+                    if e.linger_until.is_some_and(|t| t <= now) {
+                        self.gone(now, id, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn timeout_reason(&self, g: &Generation) -> String {
+        let t = duration::format(self.settings.ready_timeout);
+        match &self.settings.ready {
+            ReadyMode::Notify if g.notified => format!(
+                "was not ready within {t}: it wrote to NOTIFY_SOCKET but never sent READY=1. \
+                 Raise --ready-timeout if it needs longer"
+            ),
+            ReadyMode::Notify => format!(
+                "was not ready within {t}: it never wrote to NOTIFY_SOCKET. Make the program send \
+                 READY=1 there (sd_notify), or choose another --ready mode: delay:DURATION (ready \
+                 once it stays up that long) or exec:COMMAND (ready once a probe command exits 0)"
+            ),
+            ReadyMode::Delay(_) => format!("was not ready within {t}"),
+            ReadyMode::Exec(c) => {
+                format!("was not ready within {t}: the probe {c:?} never exited 0")
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        now: Mono,
+        started: Mono,
+        ok: bool,
+        pid: Option<u32>,
+        error: Option<String>,
+    ) {
+        let st = &mut self.stats;
+        st.reloads += 1;
+        if !ok {
+            st.failed_reloads += 1;
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        st.last_reload = Some(json!({
+            "ok": ok, "pid": pid, "error": error,
+            "at_unix_ms": at, "took_ms": ms(now.since(started)),
+        }));
+    }
+}
+
+/// An error answer.
+pub fn error_answer(msg: impl Into<String>) -> serde_json::Value {
+    crate::control::error_answer(msg)
+}
+
+/// Serde for a [`Signal`] as its number.
+mod signal_number {
+    use handover::child::Signal;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_i32(s.as_raw())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Signal, D::Error> {
+        let n = i32::deserialize(de)?;
+        Signal::from_raw(n).ok_or_else(|| D::Error::custom(format!("{n} is not a signal")))
+    }
+}
+
+/// Serde for an optional [`Signal`] as its number.
+mod opt_signal_number {
+    use handover::child::Signal;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(s: &Option<Signal>, ser: S) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => ser.serialize_some(&s.as_raw()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Signal>, D::Error> {
+        match Option::<i32>::deserialize(de)? {
+            None => Ok(None),
+            Some(n) => Signal::from_raw(n)
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("{n} is not a signal"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            ready: ReadyMode::Notify,
+            ready_timeout: Duration::from_secs(60),
+            settle: Duration::ZERO,
+            stop_signal: Signal::TERM,
+            stop_timeout: Duration::from_secs(30),
+            splay: Duration::ZERO,
+            reload_signal: None,
+            max_backoff: Duration::from_secs(30),
+            backoff_reset: BACKOFF_RESET,
+            start_limit_burst: 5,
+            start_limit_interval: Duration::from_secs(10),
+            max_draining: 1,
+        }
+    }
+
+    fn t(ms: u64) -> Mono {
+        Mono::at(Duration::from_secs(1000) + Duration::from_millis(ms))
+    }
+
+    /// A machine under test: events at made-up times.
+    struct H {
+        m: Machine,
+    }
+
+    impl H {
+        fn new(s: Settings) -> H {
+            H { m: Machine::new(s) }
+        }
+
+        fn ev(&mut self, ms: u64, e: Event) -> Vec<Action> {
+            self.m.handle(t(ms), e)
+        }
+
+        fn spawned(&mut self, ms: u64, id: u64) -> Vec<Action> {
+            self.ev(
+                ms,
+                Event::Spawned {
+                    id,
+                    pid: pid(id),
+                    unix_ms: 0,
+                },
+            )
+        }
+
+        fn ready(&mut self, ms: u64, id: u64) -> Vec<Action> {
+            self.ev(
+                ms,
+                Event::Notify {
+                    pid: pid(id),
+                    pgid: Some(pid(id)),
+                    ready: true,
+                    status: Some("serving".into()),
+                },
+            )
+        }
+
+        /// The first generation, current at `ms`.
+        fn first(&mut self, ms: u64) {
+            assert_eq!(self.ev(ms, Event::Start), vec![Action::Spawn { id: 1 }]);
+            self.spawned(ms, 1);
+            let a = self.ready(ms + 50, 1);
+            assert!(
+                a.contains(&Action::Notify(Sd::Ready("serving".into()))),
+                "{a:?}"
+            );
+            assert_eq!(self.current(), Some(1));
+        }
+
+        /// Main process reaped, group empty, stderr closed.
+        fn gone(&mut self, ms: u64, id: u64, status: Status) -> Vec<Action> {
+            let mut a = self.ev(
+                ms,
+                Event::Exited {
+                    pid: pid(id),
+                    status,
+                },
+            );
+            a.extend(self.ev(ms, Event::GroupEmpty { id }));
+            a.extend(self.ev(ms, Event::StderrClosed { id }));
+            a
+        }
+
+        fn current(&self) -> Option<u64> {
+            self.m.current().map(|g| g.id)
+        }
+
+        fn state(&self, id: u64) -> Option<&GenState> {
+            self.m.gens.iter().find(|g| g.id == id).map(|g| &g.state)
+        }
+
+        fn ids(&self) -> Vec<u64> {
+            self.m.gens.iter().map(|g| g.id).collect()
+        }
+    }
+
+    fn pid(id: u64) -> u32 {
+        100 * id as u32
+    }
+
+    fn sig(id: u64, signal: Signal) -> Action {
+        Action::Signal {
+            pgid: pid(id),
+            signal,
+        }
+    }
+
+    fn replies(actions: &[Action]) -> Vec<(ReplyId, serde_json::Value)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { to, answer } => Some((*to, answer.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn spawns(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { id } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn statuses(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notify(Sd::Status(s) | Sd::Ready(s) | Sd::Stopping(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(1, max), Duration::from_millis(100));
+        assert_eq!(backoff(2, max), Duration::from_millis(200));
+        assert_eq!(backoff(30, max), max);
+    }
+
+    #[test]
+    fn a_reload_starts_a_generation_makes_it_current_and_drains_the_old_one() {
+        let mut h = H::new(settings());
+        h.first(0);
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(7)),
+            },
+        );
+        assert_eq!(
+            a,
+            vec![Action::Notify(Sd::Reloading), Action::Spawn { id: 2 }]
+        );
+        h.spawned(1000, 2);
+        assert_eq!(h.state(2).map(GenState::name), Some("starting"));
+        // READY=1 from another process of its group counts.
+        let a = h.ev(
+            1300,
+            Event::Notify {
+                pid: 4242,
+                pgid: Some(pid(2)),
+                ready: true,
+                status: None,
+            },
+        );
+        assert_eq!(h.current(), Some(2));
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, ReplyId(7));
+        assert_eq!(r[0].1["generation"], 2);
+        assert_eq!(r[0].1["ready_after_ms"], 300.0);
+        assert!(a.contains(&sig(1, Signal::TERM)) && a.contains(&sig(1, Signal::CONT)));
+        assert!(a.contains(&Action::WatchGroup {
+            id: 1,
+            pgid: pid(1)
+        }));
+        assert!(
+            matches!(h.state(1), Some(GenState::Draining(e)) if e.reason == EndReason::Replaced)
+        );
+        // Gone only once the main process, the group and stderr are.
+        h.ev(
+            2000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(0),
+            },
+        );
+        assert_eq!(h.ids(), vec![1, 2]);
+        h.ev(2000, Event::GroupEmpty { id: 1 });
+        assert_eq!(h.ids(), vec![1, 2], "stderr still open: lingers");
+        h.ev(2000, Event::StderrClosed { id: 1 });
+        assert_eq!(h.ids(), vec![2]);
+        assert_eq!(h.m.stats.reloads, 2);
+        assert_eq!(h.m.stats.failed_reloads, 0);
+    }
+
+    #[test]
+    fn stderr_that_never_closes_lingers_200ms() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(1000, Event::Reload { reply: None });
+        h.spawned(1000, 2);
+        h.ready(1100, 2);
+        h.ev(
+            1200,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(0),
+            },
+        );
+        h.ev(1200, Event::GroupEmpty { id: 1 });
+        assert_eq!(h.m.next_deadline(), Some(t(1200).after(STDERR_LINGER)));
+        h.ev(1399, Event::Tick);
+        assert_eq!(h.ids(), vec![1, 2]);
+        h.ev(1400, Event::Tick);
+        assert_eq!(h.ids(), vec![2]);
+    }
+
+    #[test]
+    fn reloads_during_a_start_are_answered_by_the_next_one_after_the_old_one_drained() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        assert!(
+            spawns(&h.ev(
+                1100,
+                Event::Reload {
+                    reply: Some(ReplyId(2))
+                }
+            ))
+            .is_empty()
+        );
+        assert!(
+            spawns(&h.ev(
+                1100,
+                Event::Reload {
+                    reply: Some(ReplyId(3))
+                }
+            ))
+            .is_empty()
+        );
+        let a = h.ready(1200, 2);
+        assert_eq!(replies(&a).len(), 1);
+        // Generation 1 still drains: the queued reload waits (max_draining 1).
+        assert!(spawns(&a).is_empty(), "{a:?}");
+        let a = h.gone(1500, 1, Status::Code(0));
+        assert_eq!(spawns(&a), vec![3]);
+        h.spawned(1500, 3);
+        let a = h.ready(1600, 3);
+        let r = replies(&a);
+        assert_eq!(
+            r.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![ReplyId(2), ReplyId(3)]
+        );
+        assert!(r.iter().all(|r| r.1["generation"] == 3));
+    }
+
+    #[test]
+    fn a_generation_that_exits_before_ready_fails_the_reload_once_it_is_gone() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        h.ev(
+            1100,
+            Event::Stderr {
+                id: 2,
+                lines: vec!["boom: bad config on line 7".into()],
+            },
+        );
+        let a = h.ev(
+            1200,
+            Event::Exited {
+                pid: pid(2),
+                status: Status::Code(3),
+            },
+        );
+        assert!(replies(&a).is_empty(), "answered before it is gone: {a:?}");
+        // Its group may hold leftovers: they get the stop signal.
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        let a = {
+            let mut a = h.ev(1250, Event::GroupEmpty { id: 2 });
+            a.extend(h.ev(1250, Event::StderrClosed { id: 2 }));
+            a
+        };
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        let e = r[0].1["error"].as_str().unwrap();
+        assert!(
+            e.contains(
+                "the new generation 2 (pid 200) exited before it was ready: it exited with code 3"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("its last stderr lines:\nboom: bad config on line 7"),
+            "{e}"
+        );
+        assert!(!e.contains("it was killed"), "{e}");
+        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.ids(), vec![1]);
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert!(
+            statuses(&a)
+                .iter()
+                .any(|s| s.starts_with("reload failed: the new generation 2"))
+        );
+    }
+
+    #[test]
+    fn a_generation_not_ready_in_time_is_stopped_then_killed_and_the_reload_fails() {
+        let mut s = settings();
+        s.ready_timeout = Duration::from_secs(2);
+        s.stop_timeout = Duration::from_secs(5);
+        let mut h = H::new(s);
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        assert_eq!(h.m.next_deadline(), Some(t(3000)));
+        let a = h.ev(3000, Event::Tick);
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        assert_eq!(h.m.next_deadline(), Some(t(8000)));
+        let a = h.ev(8000, Event::Tick);
+        assert!(a.contains(&sig(2, Signal::KILL)), "{a:?}");
+        // Still not gone a second later: SIGKILL again.
+        assert!(h.ev(9000, Event::Tick).contains(&sig(2, Signal::KILL)));
+        let a = h.gone(
+            9100,
+            2,
+            Status::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        let e = replies(&a)[0].1["error"].as_str().unwrap().to_string();
+        assert!(
+            e.contains("was not ready within 2s: it never wrote to NOTIFY_SOCKET"),
+            "{e}"
+        );
+        assert!(e.contains("; it was killed"), "{e}");
+    }
+
+    #[test]
+    fn a_crashed_generation_is_stopped_as_a_whole_and_restarted_after_the_backoff() {
+        let mut h = H::new(settings());
+        h.first(0);
+        let a = h.ev(
+            5000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        // Its worker (same group) gets the stop signal, SIGKILL later.
+        assert!(a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        assert!(a.contains(&Action::WatchGroup {
+            id: 1,
+            pgid: pid(1)
+        }));
+        assert!(
+            statuses(&a)
+                .iter()
+                .any(|s| s.contains("restarting in 100ms")),
+            "{a:?}"
+        );
+        assert_eq!(h.current(), None);
+        assert!(spawns(&h.ev(5099, Event::Tick)).is_empty());
+        assert_eq!(spawns(&h.ev(5100, Event::Tick)), vec![2]);
+        assert_eq!(h.m.stats.restarts, 1);
+        // The worker ignores the stop signal: SIGKILL at the stop timeout.
+        assert!(h.ev(35000, Event::Tick).contains(&sig(1, Signal::KILL)));
+        h.ev(35010, Event::GroupEmpty { id: 1 });
+        h.ev(35010, Event::StderrClosed { id: 1 });
+        assert_eq!(h.ids(), vec![2]);
+    }
+
+    #[test]
+    fn a_crash_of_the_old_generation_during_a_reload_starts_nothing_more() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        let a = h.ev(
+            1100,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Signaled {
+                    signal: 9,
+                    core_dumped: false,
+                },
+            },
+        );
+        assert!(spawns(&a).is_empty());
+        assert_eq!(h.m.restarts.due, None);
+        let a = h.ready(1500, 2);
+        assert_eq!(replies(&a)[0].1["generation"], 2);
+        assert_eq!(h.current(), Some(2));
+        let mut all = h.gone(1600, 1, Status::Code(0));
+        all.extend(h.ev(60_000, Event::Tick));
+        assert!(spawns(&all).is_empty(), "a second start: {all:?}");
+        assert_eq!(h.m.stats.restarts, 0);
+    }
+
+    #[test]
+    fn a_failed_start_while_nothing_serves_schedules_a_restart() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        h.ev(
+            1100,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        h.gone(1150, 1, Status::Code(1));
+        let a = h.gone(1200, 2, Status::Code(3));
+        assert!(replies(&a)[0].1["ok"] == false);
+        assert!(
+            h.m.restarts.due.is_some(),
+            "nothing serves and nothing is due"
+        );
+        assert_eq!(spawns(&h.ev(1300, Event::Tick)), vec![3]);
+    }
+
+    #[test]
+    fn the_backoff_doubles_in_a_crash_loop_and_resets_after_10s_up() {
+        let mut s = settings();
+        s.start_limit_burst = 0;
+        let mut h = H::new(s);
+        h.first(0);
+        let mut now = 1000;
+        let mut delays = Vec::new();
+        for id in 1..=4u64 {
+            h.ev(
+                now,
+                Event::Exited {
+                    pid: pid(id),
+                    status: Status::Code(1),
+                },
+            );
+            let due = h.m.restarts.due.unwrap();
+            delays.push(due.since(t(now)).as_millis());
+            now = due.since(t(0)).as_millis() as u64;
+            assert_eq!(spawns(&h.ev(now, Event::Tick)), vec![id + 1]);
+            h.spawned(now, id + 1);
+            h.ready(now + 10, id + 1);
+            now += 1000;
+        }
+        assert_eq!(delays, vec![100, 200, 400, 800]);
+        // Generation 5 stays up 10 s: the next crash starts over at 100 ms.
+        now += 10_000;
+        h.ev(now, Event::Tick);
+        assert_eq!(h.m.restarts.attempt, 0);
+        h.ev(
+            now + 1,
+            Event::Exited {
+                pid: pid(5),
+                status: Status::Code(1),
+            },
+        );
+        assert_eq!(h.m.restarts.due, Some(t(now + 101)));
+    }
+
+    #[test]
+    fn the_start_limit_gives_up_with_the_cause_and_tells_systemd() {
+        let mut s = settings();
+        s.start_limit_burst = 2;
+        let mut h = H::new(s);
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        h.gone(1000, 1, Status::Code(1));
+        let mut now = 1100;
+        for id in 2..=3u64 {
+            assert_eq!(spawns(&h.ev(now, Event::Tick)), vec![id]);
+            h.spawned(now, id);
+            h.ev(
+                now,
+                Event::Stderr {
+                    id,
+                    lines: vec!["boom".into()],
+                },
+            );
+            let a = h.gone(now + 10, id, Status::Code(3));
+            now =
+                h.m.restarts
+                    .due
+                    .map(|d| d.since(t(0)).as_millis() as u64)
+                    .unwrap_or(now);
+            if id == 3 {
+                // Two restarts within 10 s: the third is refused.
+                let stop = statuses(&a);
+                assert!(
+                    stop.iter()
+                        .any(|s| s.starts_with("gave up: the program keeps failing")),
+                    "{stop:?}"
+                );
+                let exit = a.iter().find_map(|a| match a {
+                    Action::Exit(r) => Some(r.clone()),
+                    _ => None,
+                });
+                let e = exit.expect("no exit").unwrap_err();
+                assert!(
+                    e.contains("restarted 2 times within 10s") && e.contains("giving up"),
+                    "{e}"
+                );
+                assert!(
+                    e.contains("exited with code 3") && e.contains("boom"),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(h.m.phase, Phase::Exited);
+    }
+
+    #[test]
+    fn stop_drains_everything_a_second_sigterm_kills_and_stop_is_answered_last() {
+        let mut h = H::new(settings());
+        h.first(0);
+        let a = h.ev(1000, Event::Stop { reply: ReplyId(9) });
+        assert!(a.contains(&sig(1, Signal::TERM)));
+        assert!(a.contains(&Action::Notify(Sd::Stopping("stopping".into()))));
+        assert!(replies(&a).is_empty());
+        // A reload now is refused.
+        let a = h.ev(
+            1001,
+            Event::Reload {
+                reply: Some(ReplyId(10)),
+            },
+        );
+        assert_eq!(replies(&a)[0].1["error"], "handover is stopping");
+        let a = h.ev(1002, Event::Signal(Signal::TERM));
+        assert!(a.contains(&sig(1, Signal::KILL)), "{a:?}");
+        // A third does nothing more.
+        assert!(h.ev(1003, Event::Signal(Signal::INT)).is_empty());
+        let a = h.gone(
+            1100,
+            1,
+            Status::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        assert_eq!(
+            replies(&a),
+            vec![(ReplyId(9), json!({"ok": true, "stopped": true}))]
+        );
+        assert_eq!(a.last(), Some(&Action::Exit(Ok(()))));
+    }
+
+    #[test]
+    fn sigterm_during_the_first_start_stops_cleanly() {
+        let mut h = H::new(settings());
+        h.ev(0, Event::Start);
+        h.spawned(0, 1);
+        let a = h.ev(100, Event::Signal(Signal::TERM));
+        assert!(a.contains(&sig(1, Signal::TERM)));
+        let a = h.gone(200, 1, Status::Code(0));
+        assert_eq!(a.last(), Some(&Action::Exit(Ok(()))));
+    }
+
+    #[test]
+    fn a_first_start_that_fails_ends_handover_with_the_reason() {
+        let mut h = H::new(settings());
+        h.ev(0, Event::Start);
+        let a = h.ev(
+            0,
+            Event::SpawnFailed {
+                id: 1,
+                error: "no such program".into(),
+            },
+        );
+        match a.last() {
+            Some(Action::Exit(Err(e))) => assert!(
+                e.contains("the first generation did not start: could not start a new generation: no such program"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reload_that_cannot_spawn_fails_at_once_and_the_current_serves_on() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        let a = h.ev(
+            1000,
+            Event::SpawnFailed {
+                id: 2,
+                error: "Too many open files".into(),
+            },
+        );
+        let e = replies(&a)[0].1["error"].as_str().unwrap().to_string();
+        assert!(
+            e.starts_with("could not start a new generation: Too many open files"),
+            "{e}"
+        );
+        assert_eq!(h.ids(), vec![1]);
+        assert_eq!(h.current(), Some(1));
+        // The next reload works.
+        assert_eq!(spawns(&h.ev(2000, Event::Reload { reply: None })), vec![3]);
+    }
+
+    #[test]
+    fn signals_other_than_hup_term_int_go_to_the_current_generations_group() {
+        let mut h = H::new(settings());
+        h.first(0);
+        assert_eq!(
+            h.ev(10, Event::Signal(Signal::USR1)),
+            vec![sig(1, Signal::USR1)]
+        );
+        assert_eq!(spawns(&h.ev(10, Event::Signal(Signal::HUP))), vec![2]);
+    }
+
+    #[test]
+    fn with_a_reload_signal_a_reload_signals_the_current_generation() {
+        let mut s = settings();
+        s.reload_signal = Some(Signal::USR2);
+        let mut h = H::new(s);
+        h.first(0);
+        let a = h.ev(
+            10,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert!(a.contains(&sig(1, Signal::USR2)));
+        assert_eq!(replies(&a)[0].1["signalled"], "SIGUSR2");
+        assert!(spawns(&a).is_empty());
+    }
+
+    #[test]
+    fn delay_and_exec_readiness() {
+        let mut s = settings();
+        s.ready = ReadyMode::Delay(Duration::from_millis(500));
+        let mut h = H::new(s);
+        h.ev(0, Event::Start);
+        h.spawned(100, 1);
+        assert_eq!(h.m.next_deadline(), Some(t(600)));
+        h.ev(600, Event::Tick);
+        assert_eq!(h.current(), Some(1));
+
+        let mut s = settings();
+        s.ready = ReadyMode::Exec("true".into());
+        let mut h = H::new(s);
+        h.ev(0, Event::Start);
+        let a = h.spawned(0, 1);
+        assert_eq!(
+            a,
+            vec![Action::Probe {
+                id: 1,
+                pid: pid(1),
+                command: "true".into()
+            }]
+        );
+        // READY=1 does not count in exec mode.
+        h.ready(10, 1);
+        assert_eq!(h.current(), None);
+        let a = h.ev(20, Event::ProbePassed { id: 1 });
+        assert_eq!(a[0], Action::CancelProbe { id: 1 });
+        assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn with_a_settle_window_the_old_generation_serves_until_it_is_over() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        let a = h.ready(1100, 2);
+        assert!(replies(&a).is_empty());
+        assert_eq!(h.state(2).map(GenState::name), Some("settling"));
+        assert_eq!(h.current(), Some(1));
+        let a = h.ev(3100, Event::Tick);
+        assert_eq!(h.current(), Some(2));
+        assert_eq!(replies(&a)[0].1["generation"], 2);
+        // A generation that dies while it settles fails the reload.
+        h.gone(3200, 1, Status::Code(0));
+        h.ev(
+            4000,
+            Event::Reload {
+                reply: Some(ReplyId(2)),
+            },
+        );
+        h.spawned(4000, 3);
+        h.ready(4100, 3);
+        h.ev(
+            4500,
+            Event::Exited {
+                pid: pid(3),
+                status: Status::Code(4),
+            },
+        );
+        let a = {
+            let mut a = h.ev(4500, Event::GroupEmpty { id: 3 });
+            a.extend(h.ev(4500, Event::StderrClosed { id: 3 }));
+            a
+        };
+        let e = replies(&a)[0].1["error"].as_str().unwrap().to_string();
+        assert!(e.contains("exited while it settled"), "{e}");
+        assert_eq!(h.current(), Some(2));
+    }
+
+    #[test]
+    fn a_reload_while_a_restart_waits_for_its_backoff_starts_now() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        assert!(h.m.restarts.due.is_some());
+        let a = h.ev(
+            1010,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert_eq!(spawns(&a), vec![2]);
+        assert_eq!(h.m.restarts.due, None);
+    }
+
+    #[test]
+    fn the_state_serializes_and_a_restored_machine_carries_on() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.spawned(1000, 2);
+        h.ev(
+            1100,
+            Event::Stderr {
+                id: 2,
+                lines: vec!["hello".into()],
+            },
+        );
+        let text = serde_json::to_string(&h.m).unwrap();
+        let mut m: Machine = serde_json::from_str(&text).unwrap();
+        let a = m.handle(
+            t(1200),
+            Event::Notify {
+                pid: pid(2),
+                pgid: None,
+                ready: true,
+                status: None,
+            },
+        );
+        assert_eq!(replies(&a)[0].0, ReplyId(1));
+        assert_eq!(m.current().map(|g| g.id), Some(2));
+        assert_eq!(m.gens[1].tail(5), "hello");
+    }
+
+    #[test]
+    fn a_notify_message_from_a_stranger_is_ignored() {
+        let mut h = H::new(settings());
+        h.ev(0, Event::Start);
+        h.spawned(0, 1);
+        h.ev(
+            10,
+            Event::Notify {
+                pid: 77,
+                pgid: Some(77),
+                ready: true,
+                status: None,
+            },
+        );
+        assert_eq!(h.current(), None);
+    }
+}

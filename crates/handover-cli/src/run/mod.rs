@@ -1,0 +1,279 @@
+//! `handover run`: supervise a server in any language and reload it with zero
+//! downtime.
+//!
+//! handover binds the sockets (or takes them from systemd) and keeps them for
+//! its whole life. Each generation of the program gets them as fds 3.. with
+//! `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, and handover's own notify
+//! socket as `NOTIFY_SOCKET`. A reload starts a new generation on the same
+//! sockets, waits until it is ready, then stops the old one; if the new one
+//! exits or is not ready in time, it is stopped and the old one serves on.
+//! Because the sockets never close, no connection is refused or reset: while
+//! no generation accepts (say, during a crash restart), connections wait in
+//! the kernel's accept queue.
+//!
+//! # Shape
+//!
+//! | module | concern |
+//! |---|---|
+//! | `machine` | the state machine: every decision, no I/O, unit-tested arm by arm |
+//! | `driver` | the one task that owns the machine: feeds it events, carries out its actions |
+//! | `reaper` | the one reaper: waits for every child (generations, probes, orphans) |
+//! | `process` | starting generations and readiness probes; their stderr |
+//! | `signals` | signals as events, one per delivery |
+//! | `status` | the `status` answer |
+//! | `sockets`, `config` | the listening sockets; the options |
+//!
+//! # The state machine
+//!
+//! Each generation is in one of these states ([`machine::GenState`]); the
+//! events that move it are in brackets.
+//!
+//! ```text
+//!  start: first | reload | crash restart      [spawn failed]
+//!  -> spawn (and the probe, with exec:) ---------------------> gone (start failed)
+//!          |
+//!          v                  [main process exited | ready timeout]
+//!      Starting ------------------------------------------------------+
+//!          | [READY=1 | probe exited 0 | delay elapsed]                 |
+//!          |-- settle > 0 and a generation is current --> Settling     |
+//!          |                                   | [main process exited] |
+//!          |                                   +---------------------->+
+//!          |                   [window over | the current one crashed] |
+//!          v                                   v                       v
+//!      Current <-------------------------------+            Draining (failed)
+//!          | [a newer one became current] --------------> Draining (replaced)
+//!          | [its main process exited] ------------------> Draining (crashed)
+//!  any state [handover stops] ----------------------------> Draining (stopping)
+//!
+//!  Draining: the stop signal and SIGCONT to the process group (after a random
+//!  splay, when replaced or stopping), SIGKILL at --stop-timeout and every
+//!  second after that; [a second SIGTERM/SIGINT while stopping] SIGKILL now.
+//!          | [main process reaped] + [group empty] + [stderr closed | 200 ms]
+//!          v
+//!      gone (removed from the list): failed -> its reload is answered with
+//!      the reason and the stderr tail; replaced -> a queued reload may start;
+//!      stopping and none left -> handover exits.
+//! ```
+//!
+//! Around the generations ([`machine::Machine`]):
+//!
+//! - **phase**: `Running` → `Stopping` (SIGTERM, SIGINT, `handover stop`, or
+//!   the start limit: every generation drains) → `Exited` once none is left
+//!   (`handover stop` is answered then).
+//! - **the start in flight** (at most one) and **queued reloads**: a reload
+//!   that arrives during a start is answered by the next start; a reload
+//!   waits while `max_draining` replaced generations still drain (1 today).
+//! - **crash restarts**: when the current generation's main process dies
+//!   and no start is in flight, a restart is due after a backoff (100 ms,
+//!   doubling up to `--max-backoff`); the backoff resets once a generation
+//!   stayed current for 10 s; more than `--start-limit-burst` restarts
+//!   within `--start-limit-interval` make handover give up (exit 1).
+//!   A crash while a reload is in flight schedules nothing: the new
+//!   generation takes over when ready.
+//!
+//! Every timer is a deadline in the state (`Machine::next_deadline`), so a
+//! test drives the machine with made-up times, and the state (pids, times on
+//! `CLOCK_MONOTONIC`, counters, stderr tails, ids of waiting clients)
+//! serializes with serde.
+//!
+//! Room for what comes next: a settle window (`Settings::settle`, the
+//! `Settling` state), several draining generations each with its own
+//! deadline (`Settings::max_draining`; every `Draining` state carries its
+//! own), and a re-executed supervisor that takes the serialized machine over
+//! and registers its generations' pids with a new reaper.
+//!
+//! # Processes
+//!
+//! handover spawns every process itself (not through the library's `child`
+//! module, whose per-child threads reap their own child): one reaper
+//! ([`reaper`]) owns `waitpid(-1)`, so no status is ever lost to a second
+//! reaper, and every spawn happens on the main thread (the death signal,
+//! `PR_SET_PDEATHSIG`, fires when the forking thread exits). handover makes
+//! itself a child subreaper: processes a generation leaves behind are
+//! re-parented to handover, reaped by it, and stopped with their group.
+//! A generation ends as a whole: its process group gets the stop signal and
+//! then SIGKILL, whether its main process crashed or was asked to stop.
+
+mod config;
+mod driver;
+mod machine;
+mod process;
+mod reaper;
+mod signals;
+mod sockets;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use handover::activation::ListenFds;
+use handover::notify::{AsyncNotifySocket, Notifier, NotifySocket};
+
+pub use config::{Bind, Config, ReadyMode};
+pub use sockets::receive_inherited;
+
+use crate::control;
+use machine::{Event, Machine, Settings};
+
+/// The machine's settings for `config`.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        ready: config.ready.clone(),
+        ready_timeout: config.ready_timeout,
+        settle: Duration::ZERO,
+        stop_signal: config.stop_signal,
+        stop_timeout: config.stop_timeout,
+        splay: config.splay,
+        reload_signal: config.reload_signal,
+        max_backoff: config.max_backoff,
+        backoff_reset: machine::BACKOFF_RESET,
+        start_limit_burst: config.start_limit_burst,
+        start_limit_interval: config.start_limit_interval,
+        max_draining: 1,
+    }
+}
+
+/// The directory of the control socket, made ready: the default one
+/// (`$XDG_RUNTIME_DIR/handover` or `/tmp/handover-UID`) must be a private
+/// directory of this user, not a symlink; a missing one is created with mode
+/// 0700; one the user chose and that exists is taken as it is. The notify
+/// socket goes there too, so another user's directory elsewhere is never
+/// touched.
+fn socket_dir(control_path: &Path) -> Result<PathBuf, String> {
+    let dir = match control_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if control_path == control::default_path() || std::fs::symlink_metadata(&dir).is_err() {
+        control::ensure_private_dir(&dir)?;
+    }
+    Ok(dir)
+}
+
+/// Runs the supervisor until it is stopped. Must run on a current-thread
+/// runtime on the main thread. `inherited` are the fds from the service
+/// manager, received with [`ListenFds::from_env`] before anything else
+/// opened a descriptor (see [`receive_inherited`]).
+pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
+    let sockets = sockets::open_sockets(&config, inherited)?;
+    let dir = socket_dir(&config.control)?;
+    let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = NotifySocket::bind(&notify_path)
+        .map_err(|e| {
+            format!(
+                "{e}; the notify socket goes next to the control socket: give --control a \
+                 shorter path, or one in a directory this user can write to"
+            )
+        })?
+        .into_async()
+        .map_err(|e| e.to_string())?;
+    let control_listener = control::bind(&config.control)?;
+    let _control_file = RemoveOnDrop(config.control.clone());
+    if let Some(p) = &config.pid_file {
+        write_pid_file(p)?;
+    }
+    let _pid_file = config.pid_file.clone().map(RemoveOnDrop);
+    let systemd = Notifier::from_env().map_err(|e| e.to_string())?;
+    // Processes a generation leaves behind come to handover, which reaps
+    // them and stops them with their group.
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans of generations go to init");
+    }
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    // Before the first child: from here on SIGCHLD wakes the reaper and the
+    // handled signals are events.
+    let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        .map_err(|e| format!("installing the SIGCHLD handler: {e}"))?;
+    signals::install(&events_tx)?;
+    let reaper = Arc::new(reaper::Reaper::new(events_tx.clone()));
+    {
+        let reaper = reaper.clone();
+        tokio::spawn(async move { reaper.run(sigchld).await });
+    }
+    let notify_env = notify.env_value().to_owned();
+    tokio::spawn(listen_notify(notify, events_tx.clone()));
+    // Served from the start: status and stop work during the first start.
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+    tokio::spawn(control::serve(control_listener, ctrl_tx));
+
+    let machine = Machine::new(settings(&config));
+    driver::Driver::new(
+        config, sockets, notify_env, systemd, reaper, events_tx, events_rx, ctrl_rx,
+    )
+    .run(machine)
+    .await
+}
+
+/// Hears NOTIFY_SOCKET messages; the machine credits them to the generation
+/// whose process (or process group) sent them. A message that cannot be
+/// received (too long, say) is dropped and the next one read at once; only
+/// an error that keeps coming without end is slowed down, so it cannot
+/// spin.
+async fn listen_notify(sock: AsyncNotifySocket, events: mpsc::UnboundedSender<Event>) {
+    let mut errors: u64 = 0;
+    loop {
+        match sock.recv().await {
+            Ok(msg) => {
+                errors = 0;
+                let Some(pid) = msg.pid else { continue };
+                let pgid = i32::try_from(pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                    .and_then(|p| rustix::process::getpgid(Some(p)).ok())
+                    .map(|g| g.as_raw_nonzero().get() as u32);
+                tracing::debug!(pid, fields = ?msg.fields, "notify");
+                let event = Event::Notify {
+                    pid,
+                    pgid,
+                    ready: msg.is_ready(),
+                    status: msg.status().map(str::to_string),
+                };
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors == 1 || errors % 1000 == 0 {
+                    tracing::warn!(error = %e, in_a_row = errors, "notify socket: dropped a message");
+                }
+                if errors >= 1000 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+}
+
+fn write_pid_file(path: &Path) -> Result<(), String> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+                _ => ".".to_string(),
+            };
+            format!(
+                "cannot write the pid file {}: {e}; expected {dir} to be a directory this user \
+                 can write to: create it or fix its permissions, or choose another --pid-file",
+                path.display()
+            )
+        })
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
