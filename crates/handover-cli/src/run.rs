@@ -136,6 +136,12 @@ pub struct Config {
     pub orphan_signal: Option<Signal>,
     /// Longest crash-restart delay.
     pub max_backoff: Duration,
+    /// Reload when these change (see `watch.rs`).
+    pub watch: Vec<PathBuf>,
+    /// Quiet time that ends a burst of changes.
+    pub watch_debounce: Duration,
+    /// Keep serving this long after a stop request.
+    pub stop_delay: Duration,
 }
 
 /// Lines of a generation's stderr kept for error reports.
@@ -409,6 +415,17 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     // SIGINT meanwhile stops whatever was started, through the stop path.
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Incoming>(64);
     let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
+    let watch_tx = reload_tx.clone();
+    let _watch = crate::watch::start(
+        &shared.config.watch,
+        shared.config.watch_debounce,
+        move |_| {
+            let _ = watch_tx.send(ReloadRequest {
+                reply: None,
+                restart: false,
+            });
+        },
+    )?;
     let mut stop_replies = Vec::new();
     let mut no_replies = Vec::new();
     let mut no_draining = None;
@@ -465,9 +482,29 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
         }
     }
 
+    // --stop-delay: serve on (crash restarts included) before stopping.
+    let _ = shared.systemd.notify(&[Sd::Stopping]);
+    let delay = tokio::time::sleep(shared.config.stop_delay);
+    tokio::pin!(delay);
+    if !shared.config.stop_delay.is_zero() {
+        tracing::info!(delay = ?shared.config.stop_delay, "serving on for --stop-delay before stopping");
+    }
+    while !shared.config.stop_delay.is_zero() {
+        tokio::select! {
+            _ = &mut delay => break,
+            _ = term.recv() => { tracing::info!("second stop signal: ending --stop-delay"); break }
+            _ = int.recv() => { tracing::info!("second stop signal: ending --stop-delay"); break }
+            Some(event) = events_rx.recv() => handle_event(&shared, event, &reload_tx),
+            Some(incoming) = ctrl_rx.recv() => match incoming.request {
+                Request::Status => { let _ = incoming.reply.send(status(&shared)); }
+                Request::Stop => stop_replies.push((incoming.reply, incoming.written)),
+                Request::Reload => { let _ = incoming.reply.send(error_answer("handover is stopping")); }
+            },
+        }
+    }
+
     // Stop: no more reloads; every generation gets the stop signal and the
     // stop timeout; a second SIGTERM/SIGINT kills them at once.
-    let _ = shared.systemd.notify(&[Sd::Stopping]);
     reloader.abort();
     drop(reload_tx);
     let children: Vec<Arc<Child>> = lock(&shared.gens).iter().map(|g| g.child.clone()).collect();
