@@ -304,3 +304,238 @@ fn puma_restarting_itself_keeps_the_socket() {
     assert_eq!(support::pid_in(&answer), Some(pid), "{answer}\n{}", h.log());
     assert!(!h.log().contains("9292"), "{}", h.log());
 }
+
+// --- contrib/systemd -------------------------------------------------------
+
+fn contrib(path: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The value of `key=` in a unit file, continuation lines joined.
+fn unit_value(unit: &str, key: &str) -> String {
+    let joined = unit.replace("\\\n", " ");
+    joined
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the unit"))
+        .to_string()
+}
+
+/// A unit's command line as systemd would run it here: the binary under
+/// test for /usr/local/bin/handover, `%t` resolved to `runtime`, the port
+/// moved to `port` on 127.0.0.1, the program replaced by `program`.
+fn command_line(unit: &str, key: &str, runtime: &Path, port: u16, program: &Path) -> Vec<String> {
+    unit_value(unit, key)
+        .split_whitespace()
+        .map(|w| {
+            w.replace("/usr/local/bin/handover", support::handover_bin())
+                .replace("%t", &runtime.display().to_string())
+                .replace("0.0.0.0:8080", &format!("127.0.0.1:{port}"))
+                .replace("/srv/myapp/server", &program.display().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let test = "systemd_units_pass_systemd_analyze_verify";
+    if !runtime::require_program(test, "systemd-analyze", "apt-get install systemd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("server");
+    std::fs::write(&program, "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&program).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The units as shipped, with paths that exist here (verify checks that
+    // the commands are executable) and without User= (no such user here).
+    for name in ["myapp.service", "myapp.socket"] {
+        let unit = contrib(&format!("systemd/{name}"))
+            .replace("/usr/local/bin/handover", support::handover_bin())
+            .replace("/srv/myapp/server", &program.display().to_string())
+            .replace("User=myapp\n", "")
+            .replace("Group=myapp\n", "");
+        std::fs::write(dir.path().join(name), unit).unwrap();
+    }
+    let version = Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+        .unwrap_or(0);
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("myapp.service"))
+        .arg(dir.path().join("myapp.socket"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // systemd < 253 does not know Type=notify-reload and ReloadSignal= (the
+    // unit says what to use there); anything else is a defect.
+    let unexpected: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            !(version < 253 && (l.contains("notify-reload") || l.contains("ReloadSignal")))
+        })
+        .collect();
+    assert!(
+        out.status.success() && unexpected.is_empty(),
+        "systemd-analyze verify (systemd {version}):\n{text}"
+    );
+    if version < 253 {
+        println!("systemd {version} < 253: Type=notify-reload and ReloadSignal= are not checked here");
+    }
+}
+
+/// The unit's ExecStart= under a real socket-activating parent
+/// (systemd-socket-activate, with the socket unit's FileDescriptorName=),
+/// its ExecReload=, the reload signal it sets (a no-op), and systemd's stop
+/// (SIGTERM to the main process): the notify messages systemd would get.
+#[test]
+fn systemd_unit_commands_under_socket_activation() {
+    let test = "systemd_unit_commands_under_socket_activation";
+    if !runtime::require_program(test, "systemd-socket-activate", "apt-get install systemd")
+        || !runtime::require_program(test, "python3", "the test server is Python")
+    {
+        return;
+    }
+    let service = contrib("systemd/myapp.service");
+    let socket = contrib("systemd/myapp.socket");
+    let fdname = unit_value(&socket, "FileDescriptorName");
+    assert_eq!(unit_value(&service, "ReloadSignal"), "SIGCONT");
+    assert_eq!(unit_value(&service, "KillMode"), "mixed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime_dir = dir.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    // RuntimeDirectory=myapp
+    std::fs::create_dir(runtime_dir.join(unit_value(&service, "RuntimeDirectory"))).unwrap();
+    let program = support::write_server(dir.path());
+    let port = support::free_port();
+    let start = command_line(&service, "ExecStart", &runtime_dir, port, &program);
+    let reload = command_line(&service, "ExecReload", &runtime_dir, port, &program);
+    let env = unit_value(&service, "Environment").replace("%t", &runtime_dir.display().to_string());
+    let notify = handover::notify::NotifySocket::bind(&dir.path().join("sd.sock")).unwrap();
+
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["-l", &format!("127.0.0.1:{port}"), &format!("--fdname={fdname}")])
+        .arg(format!(
+            "--setenv=NOTIFY_SOCKET={}",
+            notify.env_value().to_string_lossy()
+        ))
+        .arg(format!("--setenv={env}"))
+        .args(&start)
+        .env("SERVER_MARK_DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = support::KillOnDrop(cmd.spawn().unwrap());
+    let main_pid = child.0.id();
+    // systemd-socket-activate starts handover on the first connection.
+    let first = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = support::http_get(
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                "/",
+                Duration::from_secs(30),
+            );
+            if !r.is_empty() || std::time::Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let next = |what: &str| {
+        notify
+            .recv_timeout(Some(Duration::from_secs(30)))
+            .unwrap()
+            .unwrap_or_else(|| panic!("no notify message: expected {what}"))
+    };
+    let ready = next("READY=1");
+    assert!(ready.is_ready(), "{ready:?}");
+    assert_eq!(ready.pid, Some(main_pid), "NotifyAccess=main: from the main pid");
+    let answer = first.join().unwrap();
+    assert!(answer.contains("X-Fd-Names: http"), "{answer}");
+    let first_pid = support::pid_in(&answer).unwrap();
+
+    // ReloadSignal=SIGCONT: no reload.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(main_pid as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    // (handover may repeat READY=1 after its first start: not a reload.)
+    while let Some(m) = notify
+        .recv_timeout(Some(Duration::from_millis(500)))
+        .unwrap()
+    {
+        assert!(!m.is_reloading(), "SIGCONT must not start a reload: {m:?}");
+    }
+
+    // ExecReload=: waits for the outcome; systemd hears RELOADING=1 with a
+    // MONOTONIC_USEC= after the reload began, then READY=1.
+    let began = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let began_usec = began.tv_sec as u64 * 1_000_000 + began.tv_nsec as u64 / 1000;
+    let out = Command::new(&reload[0]).args(&reload[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ExecReload= failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloading = next("RELOADING=1");
+    assert!(reloading.is_reloading(), "{reloading:?}");
+    let usec: u64 = reloading.get("MONOTONIC_USEC").unwrap().parse().unwrap();
+    assert!(usec >= began_usec, "MONOTONIC_USEC={usec} is before the reload ({began_usec})");
+    assert!(next("READY=1").is_ready());
+    // The new generation answers (the old one may finish a last request).
+    let mut new_pid = first_pid;
+    support::wait_until("the new generation answers", Duration::from_secs(10), || {
+        let answer = support::http_get(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            "/",
+            Duration::from_secs(10),
+        );
+        new_pid = support::pid_in(&answer).unwrap_or(first_pid);
+        new_pid != first_pid
+    });
+
+    // Stop (KillMode=mixed: SIGTERM to the main process only).
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(main_pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(next("STOPPING=1").is_stopping());
+    let mut child = child;
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "handover did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(support::gone(new_pid));
+}
