@@ -539,3 +539,53 @@ fn systemd_unit_commands_under_socket_activation() {
     assert!(status.success(), "{status}");
     assert!(support::gone(new_pid));
 }
+
+// --- contrib/container: --stop-delay for Kubernetes' endpoint removal -------
+
+#[test]
+fn stop_delay_serves_new_connections_after_sigterm() {
+    let test = "stop_delay_serves_new_connections_after_sigterm";
+    if !runtime::require_program(test, "python3", "the test server is Python") {
+        return;
+    }
+    let mut h = Handover::start(support::Setup {
+        options: vec!["--stop-delay".into(), "2s".into()],
+        ..support::Setup::default()
+    });
+    let pid = h.current_pid();
+    let asked = std::time::Instant::now();
+    h.signal(rustix::process::Signal::TERM);
+    // A load balancer that has not yet heard of the stop still sends new
+    // connections: they are served, by the same generation.
+    std::thread::sleep(Duration::from_millis(1000));
+    let answer = support::http_get(h.addr, "/", Duration::from_secs(5));
+    assert_eq!(support::pid_in(&answer), Some(pid), "{answer}\n{}", h.log());
+    let status = h.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", h.log());
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "stopped before --stop-delay was over"
+    );
+    h.wait_log("serving on for --stop-delay", Duration::from_secs(1));
+    assert!(support::gone(pid));
+}
+
+#[test]
+fn a_second_sigterm_ends_the_stop_delay() {
+    let test = "a_second_sigterm_ends_the_stop_delay";
+    if !runtime::require_program(test, "python3", "the test server is Python") {
+        return;
+    }
+    let mut h = Handover::start(support::Setup {
+        options: vec!["--stop-delay".into(), "10m".into()],
+        ..support::Setup::default()
+    });
+    h.signal(rustix::process::Signal::TERM);
+    h.wait_log("serving on for --stop-delay", Duration::from_secs(10));
+    // Status still answers during the delay.
+    let s = h.wait_status(Duration::from_secs(10));
+    assert_eq!(s["generations"].as_array().unwrap().len(), 1, "{s}");
+    h.signal(rustix::process::Signal::TERM);
+    let status = h.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", h.log());
+}
