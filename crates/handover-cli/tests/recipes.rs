@@ -394,16 +394,16 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let unexpected: Vec<&str> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .filter(|l| {
-            !(version < 253 && (l.contains("notify-reload") || l.contains("ReloadSignal")))
-        })
+        .filter(|l| !(version < 253 && (l.contains("notify-reload") || l.contains("ReloadSignal"))))
         .collect();
     assert!(
         out.status.success() && unexpected.is_empty(),
         "systemd-analyze verify (systemd {version}):\n{text}"
     );
     if version < 253 {
-        println!("systemd {version} < 253: Type=notify-reload and ReloadSignal= are not checked here");
+        println!(
+            "systemd {version} < 253: Type=notify-reload and ReloadSignal= are not checked here"
+        );
     }
 }
 
@@ -438,17 +438,21 @@ fn systemd_unit_commands_under_socket_activation() {
     let notify = handover::notify::NotifySocket::bind(&dir.path().join("sd.sock")).unwrap();
 
     let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(["-l", &format!("127.0.0.1:{port}"), &format!("--fdname={fdname}")])
-        .arg(format!(
-            "--setenv=NOTIFY_SOCKET={}",
-            notify.env_value().to_string_lossy()
-        ))
-        .arg(format!("--setenv={env}"))
-        .args(&start)
-        .env("SERVER_MARK_DIR", dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-l",
+        &format!("127.0.0.1:{port}"),
+        &format!("--fdname={fdname}"),
+    ])
+    .arg(format!(
+        "--setenv=NOTIFY_SOCKET={}",
+        notify.env_value().to_string_lossy()
+    ))
+    .arg(format!("--setenv={env}"))
+    .args(&start)
+    .env("SERVER_MARK_DIR", dir.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let child = support::KillOnDrop(cmd.spawn().unwrap());
     let main_pid = child.0.id();
     // systemd-socket-activate starts handover on the first connection.
@@ -474,7 +478,11 @@ fn systemd_unit_commands_under_socket_activation() {
     };
     let ready = next("READY=1");
     assert!(ready.is_ready(), "{ready:?}");
-    assert_eq!(ready.pid, Some(main_pid), "NotifyAccess=main: from the main pid");
+    assert_eq!(
+        ready.pid,
+        Some(main_pid),
+        "NotifyAccess=main: from the main pid"
+    );
     let answer = first.join().unwrap();
     assert!(answer.contains("X-Fd-Names: http"), "{answer}");
     let first_pid = support::pid_in(&answer).unwrap();
@@ -497,7 +505,10 @@ fn systemd_unit_commands_under_socket_activation() {
     // MONOTONIC_USEC= after the reload began, then READY=1.
     let began = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let began_usec = began.tv_sec as u64 * 1_000_000 + began.tv_nsec as u64 / 1000;
-    let out = Command::new(&reload[0]).args(&reload[1..]).output().unwrap();
+    let out = Command::new(&reload[0])
+        .args(&reload[1..])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "ExecReload= failed: {}",
@@ -506,19 +517,26 @@ fn systemd_unit_commands_under_socket_activation() {
     let reloading = next("RELOADING=1");
     assert!(reloading.is_reloading(), "{reloading:?}");
     let usec: u64 = reloading.get("MONOTONIC_USEC").unwrap().parse().unwrap();
-    assert!(usec >= began_usec, "MONOTONIC_USEC={usec} is before the reload ({began_usec})");
+    assert!(
+        usec >= began_usec,
+        "MONOTONIC_USEC={usec} is before the reload ({began_usec})"
+    );
     assert!(next("READY=1").is_ready());
     // The new generation answers (the old one may finish a last request).
     let mut new_pid = first_pid;
-    support::wait_until("the new generation answers", Duration::from_secs(10), || {
-        let answer = support::http_get(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            "/",
-            Duration::from_secs(10),
-        );
-        new_pid = support::pid_in(&answer).unwrap_or(first_pid);
-        new_pid != first_pid
-    });
+    support::wait_until(
+        "the new generation answers",
+        Duration::from_secs(10),
+        || {
+            let answer = support::http_get(
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                "/",
+                Duration::from_secs(10),
+            );
+            new_pid = support::pid_in(&answer).unwrap_or(first_pid);
+            new_pid != first_pid
+        },
+    );
 
     // Stop (KillMode=mixed: SIGTERM to the main process only).
     rustix::process::kill_process(
@@ -533,7 +551,10 @@ fn systemd_unit_commands_under_socket_activation() {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "handover did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handover did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
