@@ -68,6 +68,22 @@ fn an_in_place_write_reloads_once() {
         return;
     };
     let before = h.current_pid();
+    // The watcher's descriptors stay in handover.
+    let has_inotify = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .any(|t| t.to_string_lossy().contains("inotify"))
+    };
+    assert!(has_inotify(h.pid()), "handover watches with inotify");
+    for fd in std::fs::read_dir(format!("/proc/{before}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert!(
+            !target.to_string_lossy().contains("inotify"),
+            "a generation inherited the watcher's {}",
+            target.display()
+        );
+    }
     std::fs::write(&file, "greeting=bonjour\n").unwrap();
     expect_reloads(&mut h, 2);
     assert_ne!(h.current_pid(), before);
