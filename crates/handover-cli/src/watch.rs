@@ -385,7 +385,7 @@ mod tests {
     fn watch(paths: &[PathBuf]) -> (Watch, Arc<Mutex<Vec<Vec<PathBuf>>>>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let c = calls.clone();
-        let w = start(paths, Duration::from_millis(100), move |p| {
+        let w = start(paths, Duration::from_millis(250), move |p| {
             c.lock().unwrap().push(p.to_vec())
         })
         .unwrap()
@@ -400,7 +400,7 @@ mod tests {
         while calls.lock().unwrap().len() < n && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(600));
+        std::thread::sleep(Duration::from_millis(1000));
         let calls = calls.lock().unwrap().clone();
         assert_eq!(calls.len(), n, "{calls:?}");
     }

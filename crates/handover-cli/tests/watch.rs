@@ -18,7 +18,7 @@ fn reloads(h: &mut Handover) -> u64 {
 }
 
 /// Waits until handover has done `n` reloads, then a while longer to check
-/// that no more come (the debounce is 200 ms).
+/// that no more come (the debounce is 300 ms).
 fn expect_reloads(h: &mut Handover, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while reloads(h) < n {
@@ -41,7 +41,7 @@ fn start(test: &str, watch: &[&Path]) -> Option<Handover> {
     if !support::runtime::require_program(test, "python3", "the test server is Python") {
         return None;
     }
-    let mut options = vec!["--watch-debounce".to_string(), "200ms".to_string()];
+    let mut options = vec!["--watch-debounce".to_string(), "300ms".to_string()];
     for w in watch {
         options.push("--watch".into());
         options.push(w.display().to_string());
