@@ -4,6 +4,7 @@
 mod demo;
 mod run;
 mod verify;
+mod watch;
 
 use handover_cli::{control, duration};
 
@@ -191,6 +192,24 @@ struct RunArgs {
     /// /tmp/handover-UID/control.sock.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+
+    /// Reload when this file or directory changes (in-place writes,
+    /// rename-over saves, Kubernetes ConfigMap symlink swaps; a directory
+    /// is watched with everything below it). Repeatable.
+    #[arg(long = "watch", value_name = "PATH")]
+    watch: Vec<PathBuf>,
+
+    /// With --watch: reload once no change came for this long (a burst of
+    /// changes is one reload).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = duration::parse, requires = "watch")]
+    watch_debounce: Duration,
+
+    /// On SIGTERM, SIGINT or `handover stop`, keep serving this long before
+    /// stopping the generations (for load balancers that still send traffic
+    /// for a moment after a stop began, like Kubernetes endpoint removal). A
+    /// second SIGTERM or SIGINT cuts it short.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse)]
+    stop_delay: Duration,
 
     /// The program to run, and its arguments.
     #[arg(required = true, last = true, value_name = "PROGRAM")]
@@ -443,6 +462,9 @@ fn cmd_run(args: RunArgs) -> ExitCode {
         max_backoff: args.max_backoff,
         start_limit_burst: args.start_limit_burst,
         start_limit_interval: args.start_limit_interval,
+        watch: args.watch,
+        watch_debounce: args.watch_debounce,
+        stop_delay: args.stop_delay,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -119,6 +119,12 @@ pub struct Config {
     pub start_limit_burst: u32,
     /// See `start_limit_burst`.
     pub start_limit_interval: Duration,
+    /// Reload when these change (see `watch.rs`).
+    pub watch: Vec<PathBuf>,
+    /// Quiet time that ends a burst of changes.
+    pub watch_debounce: Duration,
+    /// Keep serving this long after a stop request.
+    pub stop_delay: Duration,
 }
 
 #[cfg(test)]

@@ -269,6 +269,10 @@ pub struct Settings {
     /// How many replaced generations may drain while a reload starts
     /// another; more reloads wait. Issue 13 makes this `--max-draining`.
     pub max_draining: usize,
+    /// `--stop-delay`: after a stop request, keep serving (crash restarts
+    /// included) this long before the generations get the stop signal.
+    #[serde(default)]
+    pub stop_delay: Duration,
 }
 
 /// The first crash-restart delay; each crash in a row doubles it.
@@ -501,6 +505,11 @@ pub struct Machine {
     pub next_id: u64,
     /// Where handover is.
     pub phase: Phase,
+    /// A stop was asked for and `--stop-delay` runs until then: handover
+    /// serves on, refuses reloads, and stops at this time (or at a second
+    /// SIGTERM/SIGINT).
+    #[serde(default)]
+    pub stop_at: Option<Mono>,
     /// The start in progress, if any.
     pub in_flight: Option<InFlight>,
     /// Reloads asked for during a start: answered by the next one.
@@ -538,6 +547,7 @@ impl Machine {
             gens: Vec::new(),
             next_id: 1,
             phase: Phase::Running,
+            stop_at: None,
             in_flight: None,
             queued: None,
             restarts: Restarts::default(),
@@ -573,7 +583,7 @@ impl Machine {
 
     /// When [`Event::Tick`] is next needed.
     pub fn next_deadline(&self) -> Option<Mono> {
-        let mut times = vec![self.restarts.due, self.restarts.reset_at];
+        let mut times = vec![self.restarts.due, self.restarts.reset_at, self.stop_at];
         for g in &self.gens {
             match &g.state {
                 GenState::Starting { deadline, ready_at } => {
@@ -605,9 +615,9 @@ impl Machine {
             Event::Reload { reply } => self.reload(now, reply, &mut out),
             Event::Stop { reply } => {
                 self.stop_replies.push(reply);
-                if self.phase == Phase::Running {
+                if self.phase == Phase::Running && self.stop_at.is_none() {
                     tracing::info!("stop requested: stopping");
-                    self.begin_stop(now, None, &mut out);
+                    self.request_stop(now, &mut out);
                 }
             }
             Event::Signal(sig) => self.signal(now, sig, &mut out),
@@ -727,7 +737,7 @@ impl Machine {
 
     /// A reload was asked for.
     fn reload(&mut self, now: Mono, reply: Option<ReplyId>, out: &mut Vec<Action>) {
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.stop_at.is_some() {
             if let Some(to) = reply {
                 out.push(Action::Reply {
                     to,
@@ -792,9 +802,14 @@ impl Machine {
             self.reload(now, None, out);
         } else if sig == Signal::TERM || sig == Signal::INT {
             match self.phase {
+                Phase::Running if self.stop_at.is_some() => {
+                    tracing::info!(signal = %sig, "second stop signal: ending --stop-delay");
+                    self.stop_at = None;
+                    self.begin_stop(now, None, out);
+                }
                 Phase::Running => {
                     tracing::info!(signal = %sig, "stopping");
-                    self.begin_stop(now, None, out);
+                    self.request_stop(now, out);
                 }
                 Phase::Stopping { hurried: false, .. } => self.hurry(now, sig, out),
                 _ => {}
@@ -1235,6 +1250,22 @@ impl Machine {
         self.start_queued(now, out);
     }
 
+    /// A stop was asked for: at once, or after `--stop-delay` (handover
+    /// says STOPPING=1 now, so the service manager and load balancers know).
+    fn request_stop(&mut self, now: Mono, out: &mut Vec<Action>) {
+        let delay = self.settings.stop_delay;
+        if delay.is_zero() {
+            self.begin_stop(now, None, out);
+            return;
+        }
+        tracing::info!(?delay, "serving on for --stop-delay before stopping");
+        self.stop_at = Some(now.after(delay));
+        out.push(Action::Notify(Sd::Stopping(format!(
+            "stopping in {}",
+            crate::duration::format(delay)
+        ))));
+    }
+
     /// Stops every generation; exits when they are gone.
     fn begin_stop(&mut self, now: Mono, error: Option<String>, out: &mut Vec<Action>) {
         let status = match &error {
@@ -1300,6 +1331,13 @@ impl Machine {
 
     /// Acts on every deadline that is due.
     fn tick(&mut self, now: Mono, out: &mut Vec<Action>) {
+        if self.stop_at.is_some_and(|t| t <= now) {
+            self.stop_at = None;
+            if self.phase == Phase::Running {
+                tracing::info!("--stop-delay is over: stopping");
+                self.begin_stop(now, None, out);
+            }
+        }
         if self.restarts.reset_at.is_some_and(|t| t <= now) {
             self.restarts.reset_at = None;
             if self.restarts.attempt > 0 {
@@ -1441,6 +1479,7 @@ mod tests {
             start_limit_burst: 5,
             start_limit_interval: Duration::from_secs(10),
             max_draining: 1,
+            stop_delay: Duration::ZERO,
         }
     }
 
@@ -2015,6 +2054,61 @@ mod tests {
             vec![(ReplyId(9), json!({"ok": true, "stopped": true}))]
         );
         assert_eq!(a.last(), Some(&Action::Exit(Ok(()))));
+    }
+
+    #[test]
+    fn stop_delay_serves_on_refuses_reloads_then_stops() {
+        let mut h = H::new(Settings {
+            stop_delay: Duration::from_secs(5),
+            ..settings()
+        });
+        h.first(0);
+        let a = h.ev(1000, Event::Stop { reply: ReplyId(9) });
+        assert!(!a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        assert!(
+            a.contains(&Action::Notify(Sd::Stopping("stopping in 5s".into()))),
+            "{a:?}"
+        );
+        assert_eq!(h.m.next_deadline(), Some(t(6000)));
+        // Reloads are refused meanwhile; a second stop request just waits.
+        let a = h.ev(
+            1001,
+            Event::Reload {
+                reply: Some(ReplyId(10)),
+            },
+        );
+        assert_eq!(replies(&a)[0].1["error"], "handover is stopping");
+        assert!(h.ev(1002, Event::Stop { reply: ReplyId(11) }).is_empty());
+        // A crash during the delay is restarted as usual.
+        h.gone(2000, 1, Status::Code(1));
+        let a = h.ev(2100, Event::Tick);
+        assert_eq!(spawns(&a), vec![2]);
+        h.spawned(2100, 2);
+        h.ready(2200, 2);
+        assert_eq!(h.current(), Some(2));
+        // Then, at the deadline, the stop.
+        assert!(h.ev(5999, Event::Tick).is_empty());
+        let a = h.ev(6000, Event::Tick);
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        let a = h.gone(6100, 2, Status::Code(0));
+        assert_eq!(replies(&a).len(), 2);
+        assert_eq!(a.last(), Some(&Action::Exit(Ok(()))));
+    }
+
+    #[test]
+    fn a_second_sigterm_ends_the_stop_delay() {
+        let mut h = H::new(Settings {
+            stop_delay: Duration::from_secs(30),
+            ..settings()
+        });
+        h.first(0);
+        let a = h.ev(1000, Event::Signal(Signal::TERM));
+        assert!(!a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        let a = h.ev(1200, Event::Signal(Signal::TERM));
+        assert!(a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        // A third is the usual hurry: SIGKILL.
+        let a = h.ev(1300, Event::Signal(Signal::TERM));
+        assert!(a.contains(&sig(1, Signal::KILL)), "{a:?}");
     }
 
     #[test]

@@ -133,6 +133,7 @@ fn settings(config: &Config) -> Settings {
         start_limit_burst: config.start_limit_burst,
         start_limit_interval: config.start_limit_interval,
         max_draining: 1,
+        stop_delay: config.stop_delay,
     }
 }
 
@@ -200,6 +201,12 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     // Served from the start: status and stop work during the first start.
     let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctrl_tx));
+
+    // --watch: a change is a reload, as SIGHUP is.
+    let watch_events = events_tx.clone();
+    let _watch = crate::watch::start(&config.watch, config.watch_debounce, move |_| {
+        let _ = watch_events.send(Event::Reload { reply: None });
+    })?;
 
     let machine = Machine::new(settings(&config));
     driver::Driver::new(

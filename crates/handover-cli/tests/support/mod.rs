@@ -103,7 +103,18 @@ impl Handover {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
+        Handover::adopt(dir, cmd.spawn().unwrap(), control, Duration::from_secs(30))
+    }
+
+    /// Takes charge of a `handover run` started another way (a script that
+    /// execs it, with its stderr piped): waits up to `timeout` until it
+    /// answers on `control`, and learns its first socket's address.
+    pub fn adopt(
+        dir: tempfile::TempDir,
+        mut child: Child,
+        control: PathBuf,
+        timeout: Duration,
+    ) -> Handover {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let pipe = child.stderr.take().unwrap();
         let lines = stderr.clone();
@@ -122,9 +133,9 @@ impl Handover {
         };
         // The control socket answers while the first generation starts: wait
         // until one is current (serves).
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         let status = loop {
-            let status = h.wait_status(Duration::from_secs(30));
+            let status = h.wait_status(timeout);
             let serving = status["generations"]
                 .as_array()
                 .is_some_and(|g| g.iter().any(|g| g["current"] == true));

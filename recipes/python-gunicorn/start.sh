@@ -1,0 +1,13 @@
+#!/bin/sh
+# Runs the server under handover (zero-downtime reloads).
+#   HANDOVER  path of the handover binary (default: handover from PATH)
+#   PORT      TCP port to serve on 127.0.0.1 (default 8080; HOST changes the address)
+#   CONTROL   handover's control socket (default: handover's own default)
+#   PYTHON    the Python with gunicorn installed (default python3)
+# Reload (after changing app.py): `handover reload --control "$CONTROL"`
+set -eu
+cd "$(dirname "$0")"
+set -- --bind "http=tcp://${HOST:-127.0.0.1}:${PORT:-8080}"
+if [ -n "${CONTROL:-}" ]; then set -- "$@" --control "$CONTROL"; fi
+exec "${HANDOVER:-handover}" run "$@" --stop-timeout 30s -- \
+  "${PYTHON:-python3}" -m gunicorn --config gunicorn.conf.py app:app
