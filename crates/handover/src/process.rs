@@ -373,6 +373,35 @@ impl Process {
         }
     }
 
+    /// Reads all of its piped stdout and stderr, then waits for it (as
+    /// std's `Child::wait_with_output`).
+    pub fn wait_with_output(mut self) -> io::Result<std::process::Output> {
+        use std::io::Read;
+        drop(self.stdin.take());
+        let err = self.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).map(|_| v)
+            })
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut o) = self.stdout.take() {
+            o.read_to_end(&mut stdout)?;
+        }
+        let stderr = match err {
+            Some(t) => t
+                .join()
+                .map_err(|_| io::Error::other("the stderr reader panicked"))??,
+            None => Vec::new(),
+        };
+        let status = self.wait()?;
+        Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
     /// Waits up to `timeout` for it to end; `None` when it is still running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
@@ -429,6 +458,10 @@ impl Process {
         }
         match &self.pidfd {
             Some(fd) => {
+                // Deprecated in tokio 1.54 because any `T: AsRawFd` may close
+                // its fd under the registration; an `OwnedFd` does not.
+                // (`register_with_interest`, its replacement, needs 1.54.)
+                #[allow(deprecated)]
                 let fd = tokio::io::unix::AsyncFd::with_interest(
                     fd.try_clone()?,
                     tokio::io::Interest::READABLE,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{Guard, ROLE, reports, role_command, wait_exit};
 use handover::activation::{Activation, ActivationError, ListenFds};
+use handover::process::{Command as HCommand, Stdio as HStdio};
 
 /// The child side. A no-op in the normal test run.
 #[test]
@@ -158,7 +159,7 @@ fn parent_passes_named_sockets_to_a_child() {
         .unwrap()
         .fd("async", asynch.as_fd())
         .unwrap();
-    let mut cmd = role_command("serve");
+    let mut cmd = common::handover_role("serve");
     cmd.env("HANDOVER_TEST_MARKER", &marker_path);
     let mut child = Guard(a.spawn(cmd).unwrap());
     drop(marker);
@@ -270,13 +271,13 @@ fn program_not_found_is_an_error_from_spawn() {
     let mut a = Activation::new();
     a.fd("x", l.as_fd()).unwrap();
     let err = a
-        .spawn(Command::new("/nonexistent/handover-no-such-program"))
+        .spawn(HCommand::new("/nonexistent/handover-no-such-program"))
         .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
-    let mut cmd = Command::new("handover-no-such-program-in-path");
+    assert!(err.is_not_found(), "{err}");
+    let mut cmd = HCommand::new("handover-no-such-program-in-path");
     cmd.env("PATH", "/nonexistent");
     let err = a.spawn(cmd).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(err.is_not_found(), "{err}");
 }
 
 #[test]
@@ -284,12 +285,12 @@ fn env_clear_and_path_lookup_are_honoured() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut a = Activation::new();
     a.fd("only", l.as_fd()).unwrap();
-    let mut cmd = Command::new("sh");
+    let mut cmd = HCommand::new("sh");
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("KEEP", "yes")
         .args(["-c", "env | sort"])
-        .stdout(Stdio::piped());
+        .stdout(HStdio::piped());
     let child = a.spawn(cmd).unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
@@ -321,8 +322,8 @@ fn a_script_without_a_shebang_runs_with_sh_as_execvp_would() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut a = Activation::new();
     a.fd("web", l.as_fd()).unwrap();
-    let mut cmd = Command::new(&script);
-    cmd.arg("arg1").stdout(Stdio::piped());
+    let mut cmd = HCommand::new(&script);
+    cmd.arg("arg1").stdout(HStdio::piped());
     let out = a.spawn(cmd).unwrap().wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1 web arg1\n");

@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::fd::AsFd;
-use std::process::Command;
+use handover::process::Command;
 use std::time::{Duration, Instant};
 
 use handover::activation::Activation;

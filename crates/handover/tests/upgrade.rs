@@ -18,10 +18,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ARGS, ROLE, Server, become_subreaper, reap, self_command};
+use common::{ARGS, ROLE, Server, become_subreaper, reap};
 use handover::activation::Activation;
 use handover_verify::{Load, LoadConfig, Mode};
 use rustix::process::{Pid, Signal};
@@ -267,11 +266,11 @@ fn a_sighup_right_after_ready_is_handled_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut cmd = self_command();
+    let mut cmd = common::handover_self_command();
     cmd.env(ROLE, "signals_first")
         .env("HANDOVER_TEST_PID_FILE", &pid_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(handover::process::Stdio::null())
+        .stderr(handover::process::Stdio::null());
     let mut a = Activation::new();
     a.fd("http", listener.as_fd()).unwrap();
     let mut first = a.spawn(cmd).unwrap();
