@@ -11,12 +11,12 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use handover::activation::Activation;
+use handover::process::Command;
 use rustix::process::Signal;
 use serde::Serialize;
 

@@ -16,7 +16,6 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +26,7 @@ use handover::activation::{Activation, ListenFds};
 use handover::address::{Address, BindOptions};
 use handover::child::{Child, ChildConfig, ExitStatus, Report, Signal};
 use handover::notify::{Notifier, NotifySocket, State as Sd};
+use handover::process::{Command, Stdio};
 
 use crate::control::{self, Answer, Incoming, Request, error_answer};
 use crate::duration;
