@@ -32,7 +32,6 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 /// The longest socket path Linux accepts (`sun_path` is 108 bytes with NUL).
 pub const MAX_PATH_LEN: usize = 107;
 

@@ -247,9 +247,7 @@ impl Command {
 
     /// The variables set (`Some`) or removed (`None`) by this command.
     pub fn get_envs(&self) -> impl ExactSizeIterator<Item = (&OsStr, Option<&OsStr>)> {
-        self.env
-            .iter()
-            .map(|(k, v)| (k.as_os_str(), v.as_deref()))
+        self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_deref()))
     }
 
     /// The working directory, if set.
@@ -476,12 +474,16 @@ impl Process {
             }
             None => {
                 let pid = self.rustix_pid();
-                let st = tokio::task::spawn_blocking(move || loop {
-                    match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
-                    {
-                        Ok(Some((_, st))) => return Ok(st),
-                        Ok(None) | Err(Errno::INTR) => continue,
-                        Err(e) => return Err(io::Error::from(e)),
+                let st = tokio::task::spawn_blocking(move || {
+                    loop {
+                        match rustix::process::waitpid(
+                            Some(pid),
+                            rustix::process::WaitOptions::empty(),
+                        ) {
+                            Ok(Some((_, st))) => return Ok(st),
+                            Ok(None) | Err(Errno::INTR) => continue,
+                            Err(e) => return Err(io::Error::from(e)),
+                        }
                     }
                 })
                 .await
@@ -572,7 +574,10 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// `execve` failed for another reason.
-    #[error("cannot start {program:?}: executing {path:?} failed: {source}{}", hint(source))]
+    #[error(
+        "cannot start {program:?}: executing {path:?} failed: {source}{}",
+        hint(source)
+    )]
     Exec {
         /// The program, as given.
         program: OsString,
@@ -834,7 +839,10 @@ fn explain(cmd: &Command, candidates: &[PathBuf], path_var: &OsStr, f: Failure) 
             format!("setpgid(0, {})", cmd.process_group.unwrap_or(0)),
             source,
         ),
-        Step::Fd(target) => setup(format!("placing a descriptor at fd {target} (dup2)"), source),
+        Step::Fd(target) => setup(
+            format!("placing a descriptor at fd {target} (dup2)"),
+            source,
+        ),
         Step::CloseOnExec => setup("marking descriptors close-on-exec".into(), source),
         Step::Chdir => {
             let dir = cmd.cwd.clone().unwrap_or_default();
@@ -1008,10 +1016,7 @@ mod tests {
         c.env_clear();
         assert!(c.get_env_clear());
         c.env("A", "b");
-        assert_eq!(
-            c.child_env(),
-            [(OsString::from("A"), OsString::from("b"))]
-        );
+        assert_eq!(c.child_env(), [(OsString::from("A"), OsString::from("b"))]);
     }
 
     #[test]

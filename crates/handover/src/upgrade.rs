@@ -821,9 +821,17 @@ fn take_matching<T: FromFd>(
     }
     // Checked before it is taken: a wrong kind, or a tokio type outside a
     // runtime, leaves it in place.
-    T::check(fd).map_err(|source| UpgradeError::Convert {
-        name: name.into(),
-        source,
+    T::check(fd).map_err(|source| match source {
+        ConvertError::NoRuntime => ActivationError::NoRuntime {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+            name: name.into(),
+            source,
+        }
+        .into(),
+        source => UpgradeError::Convert {
+            name: name.into(),
+            source,
+        },
     })?;
     Ok(Some(inherited.take::<OwnedFd>(name)?))
 }

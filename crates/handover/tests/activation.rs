@@ -31,6 +31,8 @@ fn child_role() {
             Ok(fds) => println!("report:unexpected ok {}", fds.len()),
             Err(e) => println!("report:error={e}"),
         },
+        "tokio-outside-runtime" => tokio_outside_runtime(),
+        "upgrader-tokio-outside-runtime" => upgrader_tokio_outside_runtime(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -327,4 +329,78 @@ fn a_script_without_a_shebang_runs_with_sh_as_execvp_would() {
     let out = a.spawn(cmd).unwrap().wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1 web arg1\n");
+}
+
+/// Takes a tokio listener outside a runtime (an error that leaves it), then
+/// inside one.
+fn tokio_outside_runtime() {
+    use std::os::fd::AsRawFd;
+    let mut fds = ListenFds::from_env().unwrap();
+    match fds.take::<tokio::net::TcpListener>("web") {
+        Ok(_) => println!("report:first=ok"),
+        Err(e @ ActivationError::NoRuntime { .. }) => println!("report:first=NoRuntime {e}"),
+        Err(e) => println!("report:first=other {e}"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    match fds.take::<tokio::net::TcpListener>("web") {
+        Ok(l) => println!(
+            "report:second=ok fd={} port={}",
+            l.as_raw_fd(),
+            l.local_addr().unwrap().port()
+        ),
+        Err(e) => println!("report:second=error {e}"),
+    }
+}
+
+/// `Upgrader::listen` of a tokio listener outside a runtime, then inside.
+fn upgrader_tokio_outside_runtime() {
+    use handover::upgrade::{Options, Upgrader};
+    let up = Upgrader::new(Options::default()).unwrap();
+    let addr = "tcp://127.0.0.1:0".parse().unwrap();
+    match up.listen::<tokio::net::TcpListener>("web", &addr) {
+        Ok(_) => println!("report:first=ok"),
+        Err(e) => println!("report:first=error {e}"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    match up.listen::<tokio::net::TcpListener>("web", &addr) {
+        Ok(l) => println!("report:second=ok port={}", l.local_addr().unwrap().port()),
+        Err(e) => println!("report:second=error {e}"),
+    }
+}
+
+#[test]
+fn a_tokio_listener_taken_outside_a_runtime_stays_in_place() {
+    // Before the fix, the failed conversion dropped the inherited socket
+    // (and blamed the sender for the wrong kind); the second take, inside a
+    // runtime, then found it "already taken".
+    for role in ["tokio-outside-runtime", "upgrader-tokio-outside-runtime"] {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut a = Activation::new();
+        a.fd("web", l.as_fd()).unwrap();
+        let mut child = Guard(a.spawn(common::handover_role(role)).unwrap());
+        drop(l);
+        let lines = reports(&mut child, Duration::from_secs(30));
+        assert_eq!(lines.len(), 2, "{role}: {lines:?}");
+        assert!(
+            lines[0].contains("tokio runtime") && lines[0].contains("still there"),
+            "{role}: {lines:?}"
+        );
+        assert!(
+            !lines[0].contains("another kind"),
+            "the error must not blame the sender: {lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("second=ok") && lines[1].ends_with(&format!("port={port}")),
+            "{role}: the inherited socket was lost: {lines:?}"
+        );
+    }
 }

@@ -554,9 +554,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         };
         if reset {
             // SAFETY: sets SIG_DFL from the zeroed `dfl`.
-            if let Err(e) = unsafe {
-                raw::syscall(libc::SYS_rt_sigaction, &[sig, dfl.as_ptr() as usize, 0, 8])
-            } {
+            if let Err(e) =
+                unsafe { raw::syscall(libc::SYS_rt_sigaction, &[sig, dfl.as_ptr() as usize, 0, 8]) }
+            {
                 fail(STEP_SIGNALS, e, sig as i32);
             }
         }
@@ -582,9 +582,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 
     if a.has_process_group {
         // SAFETY: setpgid(0, pgid) changes this process's group.
-        if let Err(e) = unsafe {
-            raw::syscall(libc::SYS_setpgid, &[0, a.process_group as usize])
-        } {
+        if let Err(e) = unsafe { raw::syscall(libc::SYS_setpgid, &[0, a.process_group as usize]) } {
             fail(STEP_PROCESS_GROUP, e, 0);
         }
     }
@@ -596,9 +594,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // so it survives exec. Every source is at or above `first_cloexec`
         // and every target below it: no move overwrites a source.
         // SAFETY: dup3 on two descriptor numbers.
-        if let Err(e) = unsafe {
-            raw::syscall(libc::SYS_dup3, &[source as usize, target as usize, 0])
-        } {
+        if let Err(e) =
+            unsafe { raw::syscall(libc::SYS_dup3, &[source as usize, target as usize, 0]) }
+        {
             fail(STEP_FD, e, target);
         }
     }
@@ -624,7 +622,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             let _ = unsafe {
                 raw::syscall(
                     libc::SYS_fcntl,
-                    &[fd as usize, libc::F_SETFD as usize, libc::FD_CLOEXEC as usize],
+                    &[
+                        fd as usize,
+                        libc::F_SETFD as usize,
+                        libc::FD_CLOEXEC as usize,
+                    ],
                 )
             };
             fd = fd.wrapping_add(1);
@@ -652,7 +654,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     let _ = unsafe {
         raw::syscall(
             libc::SYS_rt_sigprocmask,
-            &[libc::SIG_SETMASK as usize, &empty as *const u64 as usize, 0, 8],
+            &[
+                libc::SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
+            ],
         )
     };
 
