@@ -97,7 +97,7 @@ pub struct Row {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Spawns the program cold on `addr` and returns the time to its first answer.
-fn cold_start(
+pub fn cold_start(
     bins: &Bins,
     kind: ServerKind,
     addr: SocketAddr,
