@@ -50,6 +50,10 @@ pub struct SpawnArgs {
     /// How the baseline starts its successor, for the table.
     #[arg(long, default_value = "fork (before: std Command + pre_exec)")]
     pub baseline_label: String,
+    /// How long a fresh server is left alone before the trigger (touching
+    /// GBs of memory leaves the kernel reclaiming for a while).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub settle: Duration,
     /// Print JSON instead of markdown.
     #[arg(long)]
     pub json: bool,
@@ -61,6 +65,8 @@ pub struct Row {
     pub ballast_mb: usize,
     /// VmRSS of the old process before the trigger, MB.
     pub rss_mb: Vec<f64>,
+    /// Trigger to the pid file naming the new process (it is ready).
+    pub ready_ms: Vec<f64>,
     /// Trigger to the first answer from the new process.
     pub answers_ms: Vec<f64>,
     /// The slowest request on the pinned connection during the upgrade.
@@ -207,18 +213,29 @@ fn sample(
     bins: &Bins,
     program: &std::path::Path,
     ballast_mb: usize,
+    settle: Duration,
     row: &mut Row,
 ) -> Result<(), String> {
     let server = Server::start(bins, program, ballast_mb)?;
     let old = server.first.pid;
     let rss = status_kib(old, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+    thread::sleep(settle);
     let stop = Arc::new(AtomicBool::new(false));
     let requests = pinned(server.addr, stop.clone());
-    let quiet = Duration::from_millis(300);
-    thread::sleep(quiet);
+    thread::sleep(Duration::from_millis(300));
     let prober = Prober::start(server.addr, BTreeSet::from([old]), TIMEOUT);
     let t0 = Instant::now();
     signal_pid(old, Signal::HUP);
+    let deadline = t0 + TIMEOUT;
+    let ready = loop {
+        if server.pid().is_some_and(|p| p != old) {
+            break Instant::now();
+        }
+        if Instant::now() >= deadline {
+            return Err("no new pid in the pid file".into());
+        }
+        thread::sleep(Duration::from_micros(100));
+    };
     let answered = prober.wait();
     let gone = wait_gone(old, TIMEOUT);
     stop.store(true, Ordering::Relaxed);
@@ -240,6 +257,7 @@ fn sample(
         return Err("the prober saw the old pid".into());
     }
     row.rss_mb.push(rss);
+    row.ready_ms.push(ms(ready - t0));
     row.answers_ms.push(ms(t_answer - t0));
     row.stall_ms.push(stall.map(ms).unwrap_or(0.0));
     row.quiet_ms.push(before.map(ms).unwrap_or(0.0));
@@ -272,6 +290,7 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
                 spawn: label.clone(),
                 ballast_mb: mb,
                 rss_mb: Vec::new(),
+                ready_ms: Vec::new(),
                 answers_ms: Vec::new(),
                 stall_ms: Vec::new(),
                 quiet_ms: Vec::new(),
@@ -297,7 +316,7 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
         let mut r = 0;
         for (_, program) in &programs {
             for &mb in &args.ballast_mb {
-                if let Err(e) = sample(bins, program, mb, &mut rows[r]) {
+                if let Err(e) = sample(bins, program, mb, args.settle, &mut rows[r]) {
                     rows[r].errors.push(e);
                 }
                 r += 1;
@@ -317,8 +336,10 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
         "old process heap",
         "ok",
         "old VmRSS",
+        "trigger → new process ready",
+        "÷ same at 0 MB",
         "trigger → new process answers",
-        "÷ same spawn at 0 MB",
+        "÷ same at 0 MB",
         "÷ cold start",
         "old process: longest stall during upgrade",
         "longest stall just before",
@@ -329,6 +350,8 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
         "0 MB".into(),
         cold.len().to_string(),
         "-".into(),
+        "-".into(),
+        "-".into(),
         fmt_spread(&cold),
         "-".into(),
         "1×".into(),
@@ -337,10 +360,11 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
     ]);
     let mut notes = String::new();
     for r in &rows {
-        let zero = rows
+        let zero_row = rows
             .iter()
-            .find(|z| z.spawn == r.spawn && z.ballast_mb == 0)
-            .and_then(|z| median(&z.answers_ms));
+            .find(|z| z.spawn == r.spawn && z.ballast_mb == 0);
+        let zero = zero_row.and_then(|z| median(&z.answers_ms));
+        let zero_ready = zero_row.and_then(|z| median(&z.ready_ms));
         t.row(vec![
             r.spawn.clone(),
             format!("{} MB", r.ballast_mb),
@@ -348,6 +372,8 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
             median(&r.rss_mb)
                 .map(|v| format!("{v:.0} MB"))
                 .unwrap_or("-".into()),
+            fmt_spread(&r.ready_ms),
+            fmt_ratio(median(&r.ready_ms), zero_ready),
             fmt_spread(&r.answers_ms),
             fmt_ratio(median(&r.answers_ms), zero),
             fmt_ratio(median(&r.answers_ms), cold_med),
@@ -362,8 +388,10 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
         notes.push_str(&format!("- cold start: {e}\n"));
     }
     Ok(serde_json::Value::String(format!(
-        "{} rounds; in each, every row once (a fresh server per sample); medians [min–max].\n\n{}{}",
+        "{} rounds; in each, every row once (a fresh server per sample, left alone {:?} \
+         before the trigger); medians [min–max].\n\n{}{}",
         args.samples,
+        args.settle,
         t.render(),
         if notes.is_empty() {
             String::new()

@@ -34,7 +34,7 @@
 //! # upgrade_http.service
 //! [Service]
 //! Type=notify-reload
-//! NotifyAccess=all
+//! NotifyAccess=main
 //! ExecStart=/usr/local/bin/upgrade_http --listen 127.0.0.1:8080
 //! ReloadSignal=SIGHUP
 //! KillMode=mixed
@@ -42,8 +42,9 @@
 //!
 //! systemd passes the socket as "http"; `Upgrader::listen("http", ..)` takes
 //! it instead of binding. On `systemctl reload` the process sends
-//! `RELOADING=1`, starts its successor, and the successor sends `READY=1`
-//! and `MAINPID=` itself.
+//! `RELOADING=1`, starts its successor, and once the successor is ready
+//! sends `MAINPID=` (the successor) and `READY=1` in one message, so
+//! `NotifyAccess=main` suffices (`all` works too).
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -69,8 +69,8 @@
 //!
 //! # The death signal and threads
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-//! not only when the process does. Children here are always forked by their
+//! `PR_SET_PDEATHSIG` fires when the *thread* that started the child exits,
+//! not only when the process does. Children here are always started by their
 //! own waiting thread, which lives until the child is reaped, so the signal
 //! only comes when this whole process dies (as intended) — even if you spawn
 //! from a short-lived thread or a tokio blocking-pool thread.
