@@ -922,13 +922,7 @@ fn missing_interpreter(program: OsString, path: PathBuf, source: io::Error) -> S
             Ok(buf)
         })
         .unwrap_or_default();
-    if let Some(rest) = head.strip_prefix(b"#!") {
-        let line = rest.split(|&b| b == b'\n').next().unwrap_or(&[]);
-        let interp = line
-            .split(|b| b.is_ascii_whitespace())
-            .find(|w| !w.is_empty())
-            .unwrap_or(&[]);
-        let interpreter = PathBuf::from(OsStr::from_bytes(interp));
+    if let Some(interpreter) = shebang_interpreter(&head) {
         return SpawnError::InterpreterMissing {
             program,
             path,
@@ -949,10 +943,26 @@ fn missing_interpreter(program: OsString, path: PathBuf, source: io::Error) -> S
     }
 }
 
+/// The interpreter a `#!` line names, from the first bytes of a file.
+fn shebang_interpreter(head: &[u8]) -> Option<PathBuf> {
+    let rest = head.strip_prefix(b"#!")?;
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let interp = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .unwrap_or(&[]);
+    Some(PathBuf::from(OsStr::from_bytes(interp)))
+}
+
 /// The `PT_INTERP` of a 64- or 32-bit little-endian ELF file.
 fn elf_interpreter(path: &Path) -> Option<PathBuf> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
+    elf_interpreter_of(&mut std::fs::File::open(path).ok()?)
+}
+
+/// [`elf_interpreter`] of any seekable bytes (the file is outside input:
+/// every offset is checked).
+fn elf_interpreter_of(f: &mut (impl io::Read + io::Seek)) -> Option<PathBuf> {
+    use std::io::SeekFrom;
     let mut h = [0u8; 64];
     f.read_exact(&mut h).ok()?;
     if &h[..4] != b"\x7fELF" || h[5] != 1 {
@@ -960,8 +970,13 @@ fn elf_interpreter(path: &Path) -> Option<PathBuf> {
     }
     let is64 = h[4] == 2;
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let u32_at =
+        |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as u64;
+    let u64_at = |b: &[u8], o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(w)
+    };
     let (phoff, phentsize, phnum) = if is64 {
         (u64_at(&h, 32), u16_at(&h, 54), u16_at(&h, 56))
     } else {
@@ -970,7 +985,8 @@ fn elf_interpreter(path: &Path) -> Option<PathBuf> {
     for i in 0..phnum.min(64) {
         let mut ph = [0u8; 56];
         let len = if is64 { 56 } else { 32 };
-        f.seek(SeekFrom::Start(phoff + i * phentsize)).ok()?;
+        f.seek(SeekFrom::Start(phoff.checked_add(i * phentsize)?))
+            .ok()?;
         f.read_exact(&mut ph[..len]).ok()?;
         if u32_at(&ph, 0) != 3 {
             continue; // not PT_INTERP
@@ -1030,6 +1046,55 @@ mod tests {
         assert!(!env.iter().any(|(k, _)| k == "PATH"));
         // Set explicitly: passed as given.
         assert!(env.iter().any(|(k, _)| k == "LISTEN_FDS"));
+    }
+
+    #[test]
+    fn shebang_lines() {
+        assert_eq!(
+            shebang_interpreter(b"#!/usr/bin/env python3\nprint()"),
+            Some(PathBuf::from("/usr/bin/env"))
+        );
+        assert_eq!(
+            shebang_interpreter(b"#! \t/bin/sh -e\n"),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(shebang_interpreter(b"\x7fELF"), None);
+    }
+
+    /// An ELF header (64-bit when `is64`) with the given program header
+    /// table, then `rest`.
+    fn elf(is64: bool, phoff: u64, phentsize: u16, phnum: u16, rest: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', if is64 { 2 } else { 1 }, 1]);
+        if is64 {
+            h[32..40].copy_from_slice(&phoff.to_le_bytes());
+            h[54..56].copy_from_slice(&phentsize.to_le_bytes());
+            h[56..58].copy_from_slice(&phnum.to_le_bytes());
+        } else {
+            h[28..32].copy_from_slice(&(phoff as u32).to_le_bytes());
+            h[42..44].copy_from_slice(&phentsize.to_le_bytes());
+            h[44..46].copy_from_slice(&phnum.to_le_bytes());
+        }
+        h.extend_from_slice(rest);
+        h
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn file_heads_never_panic(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            is64 in proptest::prelude::any::<bool>(),
+            phoff in proptest::prelude::any::<u64>(),
+            phentsize in proptest::prelude::any::<u16>(),
+            phnum in proptest::prelude::any::<u16>(),
+        ) {
+            let _ = shebang_interpreter(&data);
+            let _ = elf_interpreter_of(&mut io::Cursor::new(&data));
+            for off in [phoff, phoff % 2048, u64::MAX - phoff % 4096] {
+                let bytes = elf(is64, off, phentsize, phnum, &data);
+                let _ = elf_interpreter_of(&mut io::Cursor::new(&bytes));
+            }
+        }
     }
 
     #[test]
