@@ -338,7 +338,7 @@ impl Process {
         loop {
             match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
                 Ok(Some((_, st))) => {
-                    let s = ExitStatus::from_raw(st.as_raw() as i32);
+                    let s = ExitStatus::from_raw(st.as_raw());
                     self.status = Some(s);
                     return Ok(Some(s));
                 }
@@ -360,7 +360,7 @@ impl Process {
         loop {
             match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
                 Ok(Some((_, st))) => {
-                    let s = ExitStatus::from_raw(st.as_raw() as i32);
+                    let s = ExitStatus::from_raw(st.as_raw());
                     self.status = Some(s);
                     return Ok(s);
                 }
@@ -488,7 +488,7 @@ impl Process {
                 })
                 .await
                 .map_err(io::Error::other)??;
-                let s = ExitStatus::from_raw(st.as_raw() as i32);
+                let s = ExitStatus::from_raw(st.as_raw());
                 self.status = Some(s);
                 Ok(s)
             }

@@ -496,7 +496,7 @@ fn reap(pid: i32) -> i32 {
     };
     loop {
         match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()) {
-            Ok(Some((_, status))) => return status.as_raw() as i32,
+            Ok(Some((_, status))) => return status.as_raw(),
             Err(rustix::io::Errno::INTR) => continue,
             _ => return 0,
         }
