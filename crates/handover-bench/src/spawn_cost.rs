@@ -16,6 +16,12 @@
 //! code before issue 11, which started the new process with `fork`), both
 //! binaries are measured in the same rounds. The cold-start floor (spawn
 //! `upgrade_http`, it binds, first answer) is measured in the same rounds.
+//!
+//! A second table isolates the start itself: this benchmark process holds
+//! the same heap sizes and times `spawn()` of `/bin/true` (which returns
+//! once the program has been executed) with `handover::process::Command`
+//! and with `std::process::Command` plus an empty `pre_exec` hook (which
+//! makes std `fork`, as the code before issue 11 did).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -54,9 +60,33 @@ pub struct SpawnArgs {
     /// GBs of memory leaves the kernel reclaiming for a while).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// Spawns of /bin/true per heap size and method in each round, for the
+    /// second table (0: skip it).
+    #[arg(long, default_value_t = 20)]
+    pub spawns: usize,
     /// Print JSON instead of markdown.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `spawn()` of /bin/true from this process: (handover, std+fork) times.
+fn spawn_true(n: usize, handover: &mut Vec<f64>, fork: &mut Vec<f64>) -> Result<(), String> {
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut p = Command::new("/bin/true")
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        handover.push(ms(t.elapsed()));
+        p.wait().map_err(|e| e.to_string())?;
+        let mut c = std::process::Command::new("/bin/true");
+        // SAFETY: the hook does nothing; it is there to make std fork.
+        unsafe { std::os::unix::process::CommandExt::pre_exec(&mut c, || Ok(())) };
+        let t = Instant::now();
+        let mut p = c.spawn().map_err(|e| e.to_string())?;
+        fork.push(ms(t.elapsed()));
+        p.wait().map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -298,6 +328,13 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
             });
         }
     }
+    // Second table: per heap size, (handover, fork) spawn times.
+    let mut micro: Vec<(usize, Vec<f64>, Vec<f64>)> = args
+        .ballast_mb
+        .iter()
+        .map(|&mb| (mb, Vec::new(), Vec::new()))
+        .collect();
+    let mut micro_errors = Vec::new();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cold = Vec::new();
     let mut cold_errors = Vec::new();
@@ -312,6 +349,17 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
         ) {
             Ok(v) => cold.push(v),
             Err(e) => cold_errors.push(e),
+        }
+        if args.spawns > 0 {
+            for (mb, h, f) in &mut micro {
+                // Touched, like the servers' ballast; freed before the next.
+                let ballast = vec![1u8; *mb << 20];
+                std::hint::black_box(&ballast);
+                if let Err(e) = spawn_true(args.spawns, h, f) {
+                    micro_errors.push(e);
+                }
+                drop(ballast);
+            }
         }
         let mut r = 0;
         for (_, program) in &programs {
@@ -329,6 +377,9 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
             "samples": args.samples,
             "cold_start_ms": cold,
             "rows": rows,
+            "spawn_true_ms": micro.iter().map(|(mb, h, f)| serde_json::json!({
+                "ballast_mb": mb, "handover": h, "std_fork": f,
+            })).collect::<Vec<_>>(),
         }));
     }
     let mut t = Table::new(&[
@@ -387,12 +438,48 @@ pub fn run(bins: &Bins, args: &SpawnArgs) -> Result<serde_json::Value, String> {
     for e in cold_errors.iter().take(3) {
         notes.push_str(&format!("- cold start: {e}\n"));
     }
+    let mut micro_table = String::new();
+    if args.spawns > 0 {
+        let mut m = Table::new(&[
+            "this process's heap",
+            "spawns",
+            "handover::process (vfork-style clone)",
+            "÷ same at 0 MB",
+            "std Command + pre_exec (fork)",
+            "÷ same at 0 MB",
+            "fork ÷ handover",
+        ]);
+        let h0 = micro.first().and_then(|(_, h, _)| median(h));
+        let f0 = micro.first().and_then(|(_, _, f)| median(f));
+        for (mb, h, f) in &micro {
+            m.row(vec![
+                format!("{mb} MB"),
+                h.len().to_string(),
+                fmt_spread(h),
+                fmt_ratio(median(h), h0),
+                fmt_spread(f),
+                fmt_ratio(median(f), f0),
+                fmt_ratio(median(f), median(h)),
+            ]);
+        }
+        micro_table = format!(
+            "\nThe start alone: `spawn()` of /bin/true from this benchmark process holding \
+             that much touched heap ({} per method and size per round, alternating; spawn \
+             returns once the program has been executed).\n\n{}",
+            args.spawns,
+            m.render()
+        );
+        for e in micro_errors.iter().take(3) {
+            notes.push_str(&format!("- spawn of /bin/true: {e}\n"));
+        }
+    }
     Ok(serde_json::Value::String(format!(
         "{} rounds; in each, every row once (a fresh server per sample, left alone {:?} \
-         before the trigger); medians [min–max].\n\n{}{}",
+         before the trigger); medians [min–max].\n\n{}{}{}",
         args.samples,
         args.settle,
         t.render(),
+        micro_table,
         if notes.is_empty() {
             String::new()
         } else {
