@@ -1,7 +1,8 @@
 //! Starting programs: a small [`Command`] builder whose methods mirror
 //! `std::process::Command`, and a [`Process`] handle.
 //!
-//! Everything in this crate that starts a program ([`Activation::spawn`],
+//! Everything in this crate that starts a program
+//! ([`Activation::spawn`](crate::activation::Activation::spawn),
 //! [`crate::child`], [`crate::upgrade`], `handover run`) goes through here,
 //! and through one primitive underneath: a vfork-style
 //! `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, as `posix_spawn`
