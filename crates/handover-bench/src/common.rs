@@ -7,7 +7,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use handover::activation::Activation;
+use handover::process::{Command, Process as Child, Stdio};
 use rustix::process::{Pid, Signal, kill_process};
 
 /// Where the programs under test are.
@@ -107,10 +107,10 @@ impl Bins {
             }
         }
         if kinds.contains(&ServerKind::Python) {
-            let ok = Command::new(&self.python)
+            let ok = std::process::Command::new(&self.python)
                 .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
@@ -261,11 +261,7 @@ impl Proc {
     pub fn spawn(mut cmd: Command, fds: &Activation<'_>) -> io::Result<Proc> {
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let mut managed = managed();
-        let child = if fds.is_empty() {
-            cmd.spawn()?
-        } else {
-            fds.spawn(cmd)?
-        };
+        let child = fds.spawn(cmd).map_err(io::Error::other)?;
         managed.insert(child.id());
         Ok(Proc {
             pid: child.id(),

@@ -11,12 +11,12 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use handover::activation::Activation;
+use handover::process::Command;
 use rustix::process::Signal;
 use serde::Serialize;
 
@@ -97,7 +97,7 @@ pub struct Row {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Spawns the program cold on `addr` and returns the time to its first answer.
-fn cold_start(
+pub fn cold_start(
     bins: &Bins,
     kind: ServerKind,
     addr: SocketAddr,

@@ -9,6 +9,7 @@ mod failures;
 mod latency;
 mod machine;
 mod scale;
+mod spawn_cost;
 mod supervisor;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Cmd {
     Idle(scale::IdleArgs),
     /// The supervisor's memory and CPU, idle and during reloads (figure 6).
     Supervisor(supervisor::SupervisorArgs),
+    /// Upgrade latency and the old process's longest stall with 0, 1 and 4 GB of heap (figure 7).
+    Spawn(spawn_cost::SpawnArgs),
     /// Describe this machine (CPUs, CPU model, kernel, rustc).
     Machine,
 }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Cmd::Sockets(a) => scale::sockets(&bins, a),
         Cmd::Idle(a) => scale::idle(&bins, a),
         Cmd::Supervisor(a) => supervisor::run(&bins, a),
+        Cmd::Spawn(a) => spawn_cost::run(&bins, a),
         Cmd::Machine => machine::run(&bins.python),
     };
     match result {

@@ -54,3 +54,46 @@ fn failures_with_tiny_counts() {
     );
     assert!(stdout.contains("naive: SIGTERM, wait, start"), "{stdout}");
 }
+
+#[test]
+fn spawn_cost_with_tiny_counts() {
+    let Some(dir) = bin_dir() else {
+        eprintln!(
+            "skipped: no built `handover` binary under target/release or target/debug \
+             (cargo build --release -p handover-cli)"
+        );
+        return;
+    };
+    let examples = dir.join("examples");
+    if !examples.join("upgrade_http").is_file() {
+        eprintln!(
+            "skipped: no built upgrade_http example (cargo build --release -p handover --example \
+             upgrade_http)"
+        );
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_handover-bench"))
+        .arg("--bin-dir")
+        .arg(&dir)
+        .args([
+            "spawn",
+            "--samples",
+            "1",
+            "--ballast-mb",
+            "0,16",
+            "--settle",
+            "10ms",
+        ])
+        .output()
+        .expect("running handover-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("vfork-style clone (this build)") && l.contains("| 16 MB")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("Errors:"), "{stdout}");
+}

@@ -204,18 +204,26 @@ fn run_with_listen_env(fd: Option<std::os::fd::BorrowedFd<'_>>, script: &str) ->
     if let Some(fd) = fd {
         a.fd("http", fd).unwrap();
     }
-    let mut cmd = Command::new("sh");
+    let mut cmd = handover::process::Command::new("sh");
     cmd.args(["-c", &format!("{script}; exec \"$0\" \"$@\"")])
         .arg(support::handover_bin())
         .args(["run", "--bind", "http=tcp://127.0.0.1:0", "--control"])
         .arg(dir.path().join("c.sock"))
         .args(["--", "sleep", "60"])
         .env("XDG_RUNTIME_DIR", dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = KillOnDrop(a.spawn(cmd).unwrap());
-    let (status, _, err) = finish(child, Duration::from_secs(30));
+        .stdin(handover::process::Stdio::null())
+        .stdout(handover::process::Stdio::null())
+        .stderr(handover::process::Stdio::piped());
+    let mut child = a.spawn(cmd).unwrap();
+    let Some(status) = child.wait_timeout(Duration::from_secs(30)).unwrap() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the process did not exit");
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+    }
     (status.code().unwrap_or(-1), err)
 }
 

@@ -10,7 +10,7 @@
 //!
 //! `RUST_LOG=handover=debug` shows every state change of the child.
 
-use std::process::Command;
+use handover::process::Command;
 use std::time::Duration;
 
 use handover::child::{ChildConfig, ExitStatus, Report, Signal};

@@ -16,7 +16,12 @@
 //!
 //! Options: `--listen ADDR` (required; `tcp://`, `unix:` or `HOST:PORT`),
 //! `--pid-file PATH`, `--ready-timeout SECS` (default 60),
-//! `--drain-timeout SECS` (default 30), `--idle-grace-ms MS` (default 2000).
+//! `--drain-timeout SECS` (default 30), `--idle-grace-ms MS` (default 2000),
+//! `--ballast-mb MB` (default 0: hold that much touched heap, like a server
+//! with a large cache; only the process started by hand does, not its
+//! successors, so that an upgrade's cost is measured in the old process
+//! alone. The benchmark of issue 11 uses it to show that an upgrade costs
+//! the same at 4 GB as at 0).
 //!
 //! Under systemd (socket-activated, `Type=notify-reload`):
 //!
@@ -29,7 +34,7 @@
 //! # upgrade_http.service
 //! [Service]
 //! Type=notify-reload
-//! NotifyAccess=all
+//! NotifyAccess=main
 //! ExecStart=/usr/local/bin/upgrade_http --listen 127.0.0.1:8080
 //! ReloadSignal=SIGHUP
 //! KillMode=mixed
@@ -37,8 +42,9 @@
 //!
 //! systemd passes the socket as "http"; `Upgrader::listen("http", ..)` takes
 //! it instead of binding. On `systemctl reload` the process sends
-//! `RELOADING=1`, starts its successor, and the successor sends `READY=1`
-//! and `MAINPID=` itself.
+//! `RELOADING=1`, starts its successor, and once the successor is ready
+//! sends `MAINPID=` (the successor) and `READY=1` in one message, so
+//! `NotifyAccess=main` suffices (`all` works too).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -66,15 +72,18 @@ pub struct Args {
     pub drain_timeout: Duration,
     /// Idle keep-alive grace while draining.
     pub idle_grace: Duration,
+    /// Megabytes of touched heap to hold (first process only).
+    pub ballast_mb: usize,
 }
 
 impl Args {
     /// Parses `--listen ADDR [--pid-file PATH] [--ready-timeout SECS]
-    /// [--drain-timeout SECS] [--idle-grace-ms MS]`.
+    /// [--drain-timeout SECS] [--idle-grace-ms MS] [--ballast-mb MB]`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         let mut it = args.into_iter();
         let (mut listen, mut pid_file) = (None, None);
         let (mut ready, mut drain, mut grace) = (60.0, 30.0, 2000u64);
+        let mut ballast_mb = 0usize;
         let num = |v: Option<String>, flag: &str| -> Result<f64, String> {
             v.ok_or(format!("{flag} needs a value"))?
                 .parse::<f64>()
@@ -90,6 +99,14 @@ impl Args {
                 "--ready-timeout" => ready = num(it.next(), "--ready-timeout")?,
                 "--drain-timeout" => drain = num(it.next(), "--drain-timeout")?,
                 "--idle-grace-ms" => grace = num(it.next(), "--idle-grace-ms")? as u64,
+                "--ballast-mb" => {
+                    let v = it
+                        .next()
+                        .ok_or("--ballast-mb needs a number of megabytes")?;
+                    ballast_mb = v.parse().map_err(|e| {
+                        format!("--ballast-mb {v:?}: expected a whole number of megabytes ({e})")
+                    })?;
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -100,6 +117,7 @@ impl Args {
             ready_timeout: Duration::from_secs_f64(ready),
             drain_timeout: Duration::from_secs_f64(drain),
             idle_grace: Duration::from_millis(grace),
+            ballast_mb,
         })
     }
 }
@@ -126,6 +144,14 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         options = options.pid_file(p);
     }
     let upgrader = Upgrader::new(options)?;
+    // Touched, so that every page is resident and mapped (what makes fork
+    // slow); held until the process exits.
+    let ballast = if args.ballast_mb > 0 && !upgrader.is_upgrade() {
+        vec![1u8; args.ballast_mb << 20]
+    } else {
+        Vec::new()
+    };
+    std::hint::black_box(&ballast);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -181,6 +207,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     // Connections cut short by the drain timeout are dropped here.
     rt.shutdown_timeout(Duration::from_millis(100));
+    drop(ballast);
     Ok(())
 }
 

@@ -28,8 +28,8 @@
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
-//! use std::process::Command;
 //! use handover::activation::Activation;
+//! use handover::process::Command;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 //! let mut activation = Activation::new();
@@ -38,33 +38,27 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The child's pid is only known after `fork`, and between `fork` and `exec`
-//! nothing may allocate or lock. So everything the child needs — program
-//! path candidates, arguments, the whole environment with a `LISTEN_PID`
-//! placeholder — is prepared before the fork, and the child writes its pid
-//! into the placeholder and calls `execve` itself. Descriptors not on the
-//! list are marked close-on-exec in the child, so it inherits nothing else.
-//!
-//! Two limits follow from what `std::process::Command` lets a library see:
-//! the child's `argv[0]` is the program as given (a `CommandExt::arg0`
-//! override is not visible and is not applied), and the hook that execs must
-//! run last, which [`Activation::spawn`] guarantees by spawning itself.
+//! The child's pid is only known once it exists, so the environment is
+//! prepared with a `LISTEN_PID` placeholder that the new process fills in
+//! with its own pid just before `execve` (see [`crate::process`], which
+//! does the starting: the descriptors land at 3.. even when their sources
+//! sit there, and nothing else is inherited).
 //!
 //! **Environment hygiene.** The `LISTEN_*` variables describe fds meant for
 //! this process only. Received fds are marked `FD_CLOEXEC`, and this module
-//! never changes the process environment; to keep the variables away from
-//! programs you start, call [`strip_env`] on their `Command` (or the
-//! `unsafe` [`unset_listen_env`] early in `main`, before threads exist).
+//! never changes the process environment. Programs started with
+//! [`crate::process::Command`] never inherit the variables; for a
+//! `std::process::Command`, call [`strip_env`] on it (or the `unsafe`
+//! [`unset_listen_env`] early in `main`, before threads exist).
 
-use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Command as StdCommand;
 
+use crate::process::{self, Command, Process, SpawnError};
 use crate::socket::{ConvertError, FromFd};
-use crate::sys::{self, ChildSetup, ExecImage};
+use crate::sys;
 
 pub use crate::sys::unset_listen_env;
 
@@ -170,6 +164,21 @@ pub enum ActivationError {
          Listen*= line for FileDescriptorName={name}), or ask for the kind it is"
     )]
     Convert {
+        /// The fd number.
+        fd: RawFd,
+        /// Its name.
+        name: String,
+        /// What was wrong.
+        #[source]
+        source: ConvertError,
+    },
+    /// A tokio type was asked for outside a tokio runtime. The descriptor
+    /// was left in place.
+    #[error(
+        "inherited fd {fd} (named {name:?}) was not taken: {source}. It is still there: take it \
+         again from inside the runtime"
+    )]
+    NoRuntime {
         /// The fd number.
         fd: RawFd,
         /// Its name.
@@ -354,8 +363,6 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b':')
 }
 
-static RECEIVED: AtomicBool = AtomicBool::new(false);
-
 struct Slot {
     fd: RawFd,
     name: String,
@@ -409,38 +416,24 @@ impl ListenFds {
         let Some((count, names)) = parse_vars(vars, std::process::id())? else {
             return Ok(ListenFds::default());
         };
-        if RECEIVED.swap(true, Ordering::SeqCst) {
-            return Err(ActivationError::AlreadyReceived);
-        }
         // Every fd is checked before any is adopted. When LISTEN_FDS claims
         // more fds than were passed, the numbers above the real ones may be
         // descriptors this process opened itself (a runtime's epoll fd, a
         // log file): adopting them and closing them on the error path would
         // pull them from under their owners.
-        for i in 0..count {
-            let fd = LISTEN_FDS_START + i as RawFd;
-            let open = sys::fd_is_open(fd).map_err(|source| ActivationError::Io {
+        let adopted = sys::adopt_inherited_fds(LISTEN_FDS_START, count).map_err(|e| match e {
+            sys::AdoptError::AlreadyAdopted => ActivationError::AlreadyReceived,
+            sys::AdoptError::NotOpen(fd) => ActivationError::FdNotOpen { fd, count },
+            sys::AdoptError::Io(source) => ActivationError::Io {
                 context: "checking an inherited fd",
                 source,
-            })?;
-            if !open {
-                return Err(ActivationError::FdNotOpen { fd, count });
-            }
-        }
+            },
+        })?;
         let names = names.unwrap_or_else(|| vec![UNKNOWN_NAME.to_string(); count]);
         let mut slots = Vec::with_capacity(count);
-        for (i, name) in names.into_iter().enumerate() {
+        for (i, (name, owned)) in names.into_iter().zip(adopted).enumerate() {
             let fd = LISTEN_FDS_START + i as RawFd;
-            // SAFETY: guarded by RECEIVED, this runs once per process, and the
-            // protocol hands fds 3..3+count to this process and nobody else.
-            let owned = unsafe { sys::adopt_inherited_fd(fd) }
-                .map_err(|source| ActivationError::Io {
-                    context: "checking an inherited fd",
-                    source,
-                })?
-                // Checked just above; the fds already adopted are closed as
-                // `slots` drops.
-                .ok_or(ActivationError::FdNotOpen { fd, count })?;
+            // The fds not kept yet are closed as the iterator drops.
             rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| {
                 ActivationError::Io {
                     context: "setting FD_CLOEXEC on an inherited fd",
@@ -509,18 +502,11 @@ impl ListenFds {
                 name: slot.name.clone(),
             });
         };
-        // Check before taking, so a wrong guess leaves the fd in place.
-        T::check(owned.as_fd()).map_err(|source| ActivationError::Convert {
-            fd: slot.fd,
-            name: slot.name.clone(),
-            source,
-        })?;
+        // Check before taking, so a wrong guess (or a tokio type outside a
+        // runtime) leaves the fd in place.
+        T::check(owned.as_fd()).map_err(|source| convert_error(slot, source))?;
         let owned = slot.owned.take().expect("checked above");
-        T::from_checked_fd(owned).map_err(|source| ActivationError::Convert {
-            fd: slot.fd,
-            name: slot.name.clone(),
-            source,
-        })
+        T::from_checked_fd(owned).map_err(|source| convert_error(slot, source))
     }
 
     /// Takes the first untaken descriptor named `name`, checked to be a `T`
@@ -565,13 +551,8 @@ impl ListenFds {
             .collect();
         for &i in &indices {
             let s = &self.slots[i];
-            T::check(s.owned.as_ref().expect("filtered").as_fd()).map_err(|source| {
-                ActivationError::Convert {
-                    fd: s.fd,
-                    name: s.name.clone(),
-                    source,
-                }
-            })?;
+            T::check(s.owned.as_ref().expect("filtered").as_fd())
+                .map_err(|source| convert_error(s, source))?;
         }
         indices.into_iter().map(|i| self.take_slot(i)).collect()
     }
@@ -585,9 +566,26 @@ impl ListenFds {
     }
 }
 
-/// Removes the `LISTEN_*` variables from what `cmd` passes to its program, so
-/// the fds meant for this process are not claimed by a grandchild.
-pub fn strip_env(cmd: &mut Command) -> &mut Command {
+/// The error for a descriptor that cannot become the type asked for.
+fn convert_error(slot: &Slot, source: ConvertError) -> ActivationError {
+    match source {
+        ConvertError::NoRuntime => ActivationError::NoRuntime {
+            fd: slot.fd,
+            name: slot.name.clone(),
+            source,
+        },
+        source => ActivationError::Convert {
+            fd: slot.fd,
+            name: slot.name.clone(),
+            source,
+        },
+    }
+}
+
+/// Removes the `LISTEN_*` variables from what a `std::process::Command`
+/// passes to its program, so the fds meant for this process are not claimed
+/// by a grandchild. ([`crate::process::Command`] never passes them on.)
+pub fn strip_env(cmd: &mut StdCommand) -> &mut StdCommand {
     for key in LISTEN_VARS {
         cmd.env_remove(key);
     }
@@ -598,12 +596,17 @@ pub fn strip_env(cmd: &mut Command) -> &mut Command {
 #[derive(Debug, Default, Clone)]
 pub struct Activation<'a> {
     fds: Vec<(String, BorrowedFd<'a>)>,
+    /// The descriptors of `fds`, in order.
+    borrowed: Vec<BorrowedFd<'a>>,
 }
 
 impl<'a> Activation<'a> {
     /// An empty list.
     pub fn new() -> Self {
-        Activation { fds: Vec::new() }
+        Activation {
+            fds: Vec::new(),
+            borrowed: Vec::new(),
+        }
     }
 
     /// Appends `fd` under `name`; the child gets it at `3 + position`.
@@ -615,6 +618,7 @@ impl<'a> Activation<'a> {
             });
         }
         self.fds.push((name.to_string(), fd));
+        self.borrowed.push(fd);
         Ok(self)
     }
 
@@ -626,6 +630,11 @@ impl<'a> Activation<'a> {
     /// Whether the list is empty.
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
+    }
+
+    /// The names and descriptors, in order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, BorrowedFd<'a>)> {
+        self.fds.iter().map(|(n, fd)| (n.as_str(), *fd))
     }
 
     /// The names, in order.
@@ -642,85 +651,33 @@ impl<'a> Activation<'a> {
         )
     }
 
-    /// Arranges for `cmd` to pass the descriptors when spawned. Must be the
-    /// last change to `cmd` before it is spawned, and `cmd` should be dropped
-    /// right after spawning (it holds duplicates of the descriptors).
-    pub(crate) fn prepare(&self, cmd: &mut Command, death_signal: Option<i32>) -> io::Result<()> {
-        strip_env(cmd);
-        let mut setup = ChildSetup {
-            death_signal,
-            fds: Vec::new(),
-            image: None,
-        };
-        if !self.fds.is_empty() {
-            let n = self.fds.len() as RawFd;
-            for (_, fd) in &self.fds {
-                // Numbered above 3..3+n, so placing one never overwrites
-                // another; close-on-exec, so no other child inherits it.
-                setup
-                    .fds
-                    .push(rustix::io::fcntl_dupfd_cloexec(fd, LISTEN_FDS_START + n)?);
-            }
-            let mut env = child_env(cmd);
-            let (count, names) = self.env_values();
-            env.push(("LISTEN_FDS".into(), count.into()));
-            env.push(("LISTEN_FDNAMES".into(), names.into()));
-            let args: Vec<&OsStr> = cmd.get_args().collect();
-            setup.image = Some(ExecImage::new(cmd.get_program(), &args, &env)?);
-        }
-        setup.register(cmd);
-        Ok(())
-    }
-
     /// Spawns `cmd` with the descriptors at fds 3.., `LISTEN_FDS`,
     /// `LISTEN_FDNAMES`, and `LISTEN_PID` set to the child's pid. The child
     /// inherits no other descriptor above 2. With an empty list, the child
     /// gets no `LISTEN_*` variables at all.
-    pub fn spawn(&self, mut cmd: Command) -> io::Result<std::process::Child> {
-        self.prepare(&mut cmd, None)?;
-        cmd.spawn()
+    pub fn spawn(&self, mut cmd: Command) -> Result<Process, SpawnError> {
+        self.spawn_with(&mut cmd)
     }
 
-    /// [`Activation::spawn`] for a tokio `Command`.
-    #[cfg(feature = "tokio")]
-    pub fn spawn_tokio(
-        &self,
-        mut cmd: tokio::process::Command,
-    ) -> io::Result<tokio::process::Child> {
-        self.prepare(cmd.as_std_mut(), None)?;
-        cmd.spawn()
+    /// [`Activation::spawn`] without consuming the command.
+    pub(crate) fn spawn_with(&self, cmd: &mut Command) -> Result<Process, SpawnError> {
+        process::spawn(cmd, &self.extra())
     }
-}
 
-/// Whether `Command::env_clear` was called on `cmd`.
-///
-/// std has no stable accessor for this (`get_env_clear` is unstable), but its
-/// alternate `Debug` output shows the flag on a line of its own; strings in
-/// that output are quoted, so no argument can forge the line. A test pins this
-/// down, so a change in std fails loudly rather than silently.
-pub(crate) fn env_cleared(cmd: &Command) -> bool {
-    format!("{cmd:#?}")
-        .lines()
-        .any(|l| l.trim() == "clear: true,")
-}
-
-/// The environment `cmd` would give its child, without `LISTEN_*`.
-fn child_env(cmd: &Command) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> = if env_cleared(cmd) {
-        BTreeMap::new()
-    } else {
-        std::env::vars_os().collect()
-    };
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => env.insert(k.to_owned(), v.to_owned()),
-            None => env.remove(k),
-        };
+    /// What [`process::spawn`] adds for this list.
+    fn extra(&self) -> process::Extra<'_> {
+        let mut extra = process::Extra::default();
+        if !self.fds.is_empty() {
+            let (count, names) = self.env_values();
+            extra.fds = &self.borrowed;
+            extra.env = vec![
+                ("LISTEN_FDS".into(), count.into()),
+                ("LISTEN_FDNAMES".into(), names.into()),
+            ];
+            extra.pid_var = Some("LISTEN_PID");
+        }
+        extra
     }
-    for k in LISTEN_VARS {
-        env.remove(OsStr::new(k));
-    }
-    env.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -821,29 +778,5 @@ mod tests {
             assert!(a.fd(bad, f.as_fd()).is_err(), "{bad:?}");
         }
         assert_eq!(a.env_values(), ("1".to_string(), "ok-name.1".to_string()));
-    }
-
-    #[test]
-    fn env_clear_is_detected() {
-        let mut c = Command::new("prog");
-        c.arg("clear: true,").env("X", "clear: true,");
-        assert!(!env_cleared(&c));
-        c.env_clear();
-        assert!(env_cleared(&c));
-        c.env("A", "b");
-        assert!(env_cleared(&c));
-        let env = child_env(&c);
-        assert_eq!(env, [(OsString::from("A"), OsString::from("b"))]);
-    }
-
-    #[test]
-    fn child_env_applies_changes() {
-        let mut c = Command::new("prog");
-        c.env("HANDOVER_TEST_X", "1")
-            .env_remove("PATH")
-            .env("LISTEN_FDS", "9");
-        let env = child_env(&c);
-        assert!(env.iter().any(|(k, v)| k == "HANDOVER_TEST_X" && v == "1"));
-        assert!(!env.iter().any(|(k, _)| k == "PATH" || k == "LISTEN_FDS"));
     }
 }

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`socket`] | what kind of socket an fd is; checked conversions into std/tokio types |
 //! | [`address`] | `tcp://`, `udp://`, `unix:` addresses; binding with errors that say what to do |
+//! | [`process`] | starting programs without `fork` (`clone(CLONE_VM\|CLONE_VFORK)`): a `Command` builder, typed errors for every failed step |
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
@@ -15,9 +16,10 @@
 //! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
-//! `SAFETY:` comment; the API speaks `OwnedFd`/`BorrowedFd`, never bare
-//! integers that can leak.
+//! `SAFETY:` comment (the rest of the crate denies `unsafe_code`); the API
+//! speaks `OwnedFd`/`BorrowedFd`, never bare integers that can leak.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![cfg(target_os = "linux")]
 
 pub mod activation;
@@ -26,7 +28,9 @@ pub mod child;
 pub mod drain;
 pub mod notify;
 pub mod pass;
+pub mod process;
 pub mod socket;
+#[allow(unsafe_code)]
 mod sys;
 pub mod upgrade;
 

@@ -25,14 +25,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 /// The longest socket path Linux accepts (`sun_path` is 108 bytes with NUL).
 pub const MAX_PATH_LEN: usize = 107;
@@ -221,8 +219,9 @@ impl Notifier {
 /// A message received by a [`NotifySocket`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// The sender's pid, from the kernel (absent only if credentials were
-    /// not attached, which `SO_PASSCRED` prevents).
+    /// The sender's pid, from the kernel. Absent when the sender is in a
+    /// pid namespace this process cannot see (the kernel reports pid 0), or
+    /// if credentials were not attached (which `SO_PASSCRED` prevents).
     pub pid: Option<u32>,
     /// The sender's uid.
     pub uid: Option<u32>,
@@ -373,7 +372,7 @@ impl NotifySocket {
         self.sock
             .set_read_timeout(timeout.map(|t| t.max(Duration::from_micros(1))))
             .map_err(NotifyError::Recv)?;
-        match recv_message(self.sock.as_fd(), RecvFlags::empty()) {
+        match recv_message(self.sock.as_fd(), false) {
             Err(NotifyError::Recv(e))
                 if matches!(
                     e.kind(),
@@ -426,37 +425,24 @@ impl AsFd for NotifySocket {
 
 /// Receives one datagram with its credentials; closes any fds that came with
 /// it (a child may send `FDSTORE=1` with fds, which we do not keep).
-fn recv_message(fd: BorrowedFd<'_>, flags: RecvFlags) -> Result<Message, NotifyError> {
+fn recv_message(fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Message, NotifyError> {
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
-    let mut space =
-        [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(16))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        fd,
-        &mut [io::IoSliceMut::new(&mut buf)],
-        &mut control,
-        flags | RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
-    )
-    .map_err(|e| NotifyError::Recv(e.into()))?;
-    let (mut pid, mut uid) = (None, None);
-    for m in control.drain() {
-        match m {
-            RecvAncillaryMessage::ScmCredentials(c) => {
-                pid = Some(c.pid.as_raw_nonzero().get() as u32);
-                uid = Some(c.uid.as_raw());
-            }
-            // Dropping the OwnedFds closes them.
-            RecvAncillaryMessage::ScmRights(fds) => drop(fds.collect::<Vec<OwnedFd>>()),
-            _ => {}
-        }
-    }
-    if msg.bytes > MAX_MESSAGE_LEN {
+    let msg = crate::sys::recv_with_creds(fd, &mut buf, nonblocking).map_err(NotifyError::Recv)?;
+    // Dropping the OwnedFds closes them.
+    drop(msg.fds);
+    // A pid of 0: the sender is in a pid namespace this process cannot see
+    // (a supervisor in a container, a child outside it). Unknown, not 0.
+    let (pid, uid) = match msg.creds {
+        Some((pid, uid, _)) => (u32::try_from(pid).ok().filter(|&p| p > 0), Some(uid)),
+        None => (None, None),
+    };
+    if msg.len > MAX_MESSAGE_LEN {
         return Err(NotifyError::TooLong);
     }
     Ok(Message {
         pid,
         uid,
-        fields: Message::parse(&buf[..msg.bytes]),
+        fields: Message::parse(&buf[..msg.len]),
     })
 }
 
@@ -482,7 +468,7 @@ impl AsyncNotifySocket {
         let fd = self.inner.as_fd();
         self.inner
             .async_io(tokio::io::Interest::READABLE, || {
-                match recv_message(fd, RecvFlags::DONTWAIT) {
+                match recv_message(fd, true) {
                     // Tells tokio to wait for readiness again.
                     Err(NotifyError::Recv(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
                     other => Ok(other),

@@ -230,7 +230,8 @@ pub trait FromFd: Sized {
     /// Makes the value; the kind was already checked.
     fn from_checked_fd(fd: OwnedFd) -> Result<Self, ConvertError>;
 
-    /// Checks that `fd` can become this type, without consuming it.
+    /// Checks that `fd` can become this type, without consuming it (for
+    /// tokio types this includes being inside a runtime).
     fn check(fd: BorrowedFd<'_>) -> Result<FdKind, ConvertError> {
         let kind = FdKind::of(fd)?;
         if Self::accepts(kind) {
@@ -332,6 +333,12 @@ mod tokio_impls {
                 const EXPECTED: &'static str = <$std as FromFd>::EXPECTED;
                 fn accepts(kind: FdKind) -> bool {
                     <$std as FromFd>::accepts(kind)
+                }
+                /// Also fails outside a tokio runtime, so that a caller
+                /// that checks first keeps the descriptor.
+                fn check(fd: BorrowedFd<'_>) -> Result<FdKind, ConvertError> {
+                    runtime()?;
+                    <$std as FromFd>::check(fd)
                 }
                 fn from_checked_fd(fd: OwnedFd) -> Result<Self, ConvertError> {
                     runtime()?;

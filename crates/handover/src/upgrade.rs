@@ -45,11 +45,20 @@
 //! starts the new version. The arguments, working directory and environment
 //! are this process's own (without the `LISTEN_*` variables).
 //!
+//! The new process is started with [`crate::process`] (a vfork-style clone,
+//! not `fork`), so an upgrade costs the same whether this process holds
+//! 10 MB or 10 GB, and a program that cannot be executed (a missing `#!`
+//! interpreter, a binary for another system) is a [`UpgradeError::Spawn`]
+//! that says why, with this process still serving.
+//!
 //! Under systemd (`NOTIFY_SOCKET` set) an upgrade sends `RELOADING=1` with
-//! `MONOTONIC_USEC` first (for `Type=notify-reload`); the successor's
-//! `ready()` sends `READY=1` and `MAINPID=` its pid, and the old process also
-//! sends `MAINPID=` the successor (so `NotifyAccess=main` suffices). A failed
-//! upgrade sends `READY=1` with a `STATUS=` saying why.
+//! `MONOTONIC_USEC` first (for `Type=notify-reload`). Once the successor is
+//! ready, the old process sends `MAINPID=` the successor and `READY=1` in
+//! one datagram: under `NotifyAccess=main` systemd accepts messages only
+//! from the main pid, so the successor's own `READY=1` (which its `ready()`
+//! also sends, for `NotifyAccess=all`) may be dropped when it arrives before
+//! the main pid changed. A failed upgrade sends `READY=1` with a `STATUS=`
+//! saying why.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -59,7 +68,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -69,6 +77,7 @@ use rustix::event::{PollFd, PollFlags};
 use crate::activation::{Activation, ActivationError, ListenFds};
 use crate::address::{Address, AddressError, BindOptions};
 use crate::notify::{Notifier, NotifyError, State as NotifyState};
+use crate::process::{Command, Process, SpawnError};
 use crate::socket::{ConvertError, FdKind, FromFd};
 
 /// The name of the inherited fd that carries readiness from a new process
@@ -136,13 +145,13 @@ pub enum UpgradeError {
         source: io::Error,
     },
     /// The new process could not be started.
-    #[error("could not start the new process {path}: {source}", path = path.display())]
+    #[error("the new process could not be started, so this process keeps serving: {source}")]
     Spawn {
         /// The program.
         path: PathBuf,
-        /// The error.
+        /// What failed.
         #[source]
-        source: io::Error,
+        source: SpawnError,
     },
     /// The new process ended before it was ready.
     #[error(
@@ -408,7 +417,7 @@ impl Upgrader {
                 source,
             });
         }
-        let fd = match take_matching(&mut st.inherited, name, address)? {
+        let fd = match take_matching::<T>(&mut st.inherited, name, address)? {
             Some(fd) => {
                 tracing::info!(name, %address, "using the inherited socket");
                 fd
@@ -567,7 +576,15 @@ impl Upgrader {
                 st.successor = Some(*pid);
                 drop(st);
                 tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade done: the new process is ready");
-                let _ = self.inner.notifier.notify(&[NotifyState::MainPid(*pid)]);
+                // One datagram, so that NotifyAccess=main suffices: this
+                // process is still the main pid when it arrives.
+                if let Err(e) = self
+                    .inner
+                    .notifier
+                    .notify(&[NotifyState::MainPid(*pid), NotifyState::Ready])
+                {
+                    tracing::warn!(error = %e, "could not tell the supervisor about the new main pid");
+                }
                 self.inner.exit.set();
             }
             Err(e) => {
@@ -627,7 +644,7 @@ impl Upgrader {
         activation.fd(READY_FD_NAME, ready_w.as_fd())?;
         let mut cmd = Command::new(path);
         cmd.args(&inner.args).current_dir(&inner.cwd);
-        let mut child = activation
+        let mut child: Process = activation
             .spawn(cmd)
             .map_err(|source| UpgradeError::Spawn {
                 path: path.clone(),
@@ -647,7 +664,7 @@ impl Upgrader {
             }
             Ok(false) => {
                 // EOF: it exited, or closed the pipe without being ready.
-                let how = match wait_timeout(&mut child, Duration::from_secs(2)) {
+                let how = match child.wait_timeout(Duration::from_secs(2)).ok().flatten() {
                     Some(status) => describe_exit(status),
                     None => {
                         let _ = child.kill();
@@ -765,7 +782,7 @@ impl Upgrader {
 /// Takes the inherited fd named `name` if it is bound to `address` (a
 /// requested port 0 matches any port). A mismatch (the configuration
 /// changed) is left for `ready()` to close.
-fn take_matching(
+fn take_matching<T: FromFd>(
     inherited: &mut ListenFds,
     name: &str,
     address: &Address,
@@ -802,6 +819,20 @@ fn take_matching(
         );
         return Ok(None);
     }
+    // Checked before it is taken: a wrong kind, or a tokio type outside a
+    // runtime, leaves it in place.
+    T::check(fd).map_err(|source| match source {
+        ConvertError::NoRuntime => ActivationError::NoRuntime {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+            name: name.into(),
+            source,
+        }
+        .into(),
+        source => UpgradeError::Convert {
+            name: name.into(),
+            source,
+        },
+    })?;
     Ok(Some(inherited.take::<OwnedFd>(name)?))
 }
 
@@ -883,22 +914,6 @@ fn poll_in(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> io::Result<boo
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-fn wait_timeout(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -1135,8 +1150,9 @@ impl Signals {
     /// `drain` (stop accepting) and waits for its connections up to the drain
     /// timeout; a second SIGTERM/SIGINT while draining returns at once.
     ///
-    /// Call it after [`Upgrader::ready`]. On SIGTERM/SIGINT it also calls
-    /// [`Upgrader::stop`].
+    /// Call it after [`Upgrader::ready`] (or use [`Upgrader::run`], which
+    /// calls `ready()` between installing the handlers and this loop). On
+    /// SIGTERM/SIGINT it also calls [`Upgrader::stop`].
     pub async fn run(
         mut self,
         drain: &crate::drain::Drain,
@@ -1200,15 +1216,27 @@ impl Upgrader {
         })
     }
 
-    /// [`signals`](Self::signals) then [`Signals::run`]. Prefer calling
-    /// `signals()` before `ready()` (see there); this shortcut is for code
-    /// that handles those signals until it gets here.
+    /// The ready-made loop in one call: installs the signal handlers
+    /// ([`signals`](Self::signals)), *then* calls [`ready`](Self::ready),
+    /// then runs [`Signals::run`]. Call it instead of `ready()`: once the pid
+    /// file names this process, a SIGHUP may come at once, and the handlers
+    /// are in place by then. (Calling `ready()` first reopens that window;
+    /// it is logged.) To accept connections only after `ready()`, use
+    /// `signals()`, `ready()` and `Signals::run` yourself.
     pub async fn run(
         &self,
         drain: &crate::drain::Drain,
         options: RunOptions,
     ) -> Result<RunOutcome, UpgradeError> {
-        self.signals()?.run(drain, options).await
+        let signals = self.signals()?;
+        if lock(&self.inner.state).ready {
+            tracing::warn!(
+                "ready() was called before run(): a SIGHUP between the two would have killed \
+                 this process. Let run() call ready(), or call signals() before ready()"
+            );
+        }
+        self.ready()?;
+        signals.run(drain, options).await
     }
 
     fn spawn_upgrade(&self, cause: &'static str) {

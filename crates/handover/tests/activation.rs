@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{Guard, ROLE, reports, role_command, wait_exit};
 use handover::activation::{Activation, ActivationError, ListenFds};
+use handover::process::{Command as HCommand, Stdio as HStdio};
 
 /// The child side. A no-op in the normal test run.
 #[test]
@@ -30,6 +31,8 @@ fn child_role() {
             Ok(fds) => println!("report:unexpected ok {}", fds.len()),
             Err(e) => println!("report:error={e}"),
         },
+        "tokio-outside-runtime" => tokio_outside_runtime(),
+        "upgrader-tokio-outside-runtime" => upgrader_tokio_outside_runtime(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -158,7 +161,7 @@ fn parent_passes_named_sockets_to_a_child() {
         .unwrap()
         .fd("async", asynch.as_fd())
         .unwrap();
-    let mut cmd = role_command("serve");
+    let mut cmd = common::handover_role("serve");
     cmd.env("HANDOVER_TEST_MARKER", &marker_path);
     let mut child = Guard(a.spawn(cmd).unwrap());
     drop(marker);
@@ -270,13 +273,13 @@ fn program_not_found_is_an_error_from_spawn() {
     let mut a = Activation::new();
     a.fd("x", l.as_fd()).unwrap();
     let err = a
-        .spawn(Command::new("/nonexistent/handover-no-such-program"))
+        .spawn(HCommand::new("/nonexistent/handover-no-such-program"))
         .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
-    let mut cmd = Command::new("handover-no-such-program-in-path");
+    assert!(err.is_not_found(), "{err}");
+    let mut cmd = HCommand::new("handover-no-such-program-in-path");
     cmd.env("PATH", "/nonexistent");
     let err = a.spawn(cmd).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(err.is_not_found(), "{err}");
 }
 
 #[test]
@@ -284,12 +287,12 @@ fn env_clear_and_path_lookup_are_honoured() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut a = Activation::new();
     a.fd("only", l.as_fd()).unwrap();
-    let mut cmd = Command::new("sh");
+    let mut cmd = HCommand::new("sh");
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("KEEP", "yes")
         .args(["-c", "env | sort"])
-        .stdout(Stdio::piped());
+        .stdout(HStdio::piped());
     let child = a.spawn(cmd).unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
@@ -321,9 +324,83 @@ fn a_script_without_a_shebang_runs_with_sh_as_execvp_would() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut a = Activation::new();
     a.fd("web", l.as_fd()).unwrap();
-    let mut cmd = Command::new(&script);
-    cmd.arg("arg1").stdout(Stdio::piped());
+    let mut cmd = HCommand::new(&script);
+    cmd.arg("arg1").stdout(HStdio::piped());
     let out = a.spawn(cmd).unwrap().wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1 web arg1\n");
+}
+
+/// Takes a tokio listener outside a runtime (an error that leaves it), then
+/// inside one.
+fn tokio_outside_runtime() {
+    use std::os::fd::AsRawFd;
+    let mut fds = ListenFds::from_env().unwrap();
+    match fds.take::<tokio::net::TcpListener>("web") {
+        Ok(_) => println!("report:first=ok"),
+        Err(e @ ActivationError::NoRuntime { .. }) => println!("report:first=NoRuntime {e}"),
+        Err(e) => println!("report:first=other {e}"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    match fds.take::<tokio::net::TcpListener>("web") {
+        Ok(l) => println!(
+            "report:second=ok fd={} port={}",
+            l.as_raw_fd(),
+            l.local_addr().unwrap().port()
+        ),
+        Err(e) => println!("report:second=error {e}"),
+    }
+}
+
+/// `Upgrader::listen` of a tokio listener outside a runtime, then inside.
+fn upgrader_tokio_outside_runtime() {
+    use handover::upgrade::{Options, Upgrader};
+    let up = Upgrader::new(Options::default()).unwrap();
+    let addr = "tcp://127.0.0.1:0".parse().unwrap();
+    match up.listen::<tokio::net::TcpListener>("web", &addr) {
+        Ok(_) => println!("report:first=ok"),
+        Err(e) => println!("report:first=error {e}"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    match up.listen::<tokio::net::TcpListener>("web", &addr) {
+        Ok(l) => println!("report:second=ok port={}", l.local_addr().unwrap().port()),
+        Err(e) => println!("report:second=error {e}"),
+    }
+}
+
+#[test]
+fn a_tokio_listener_taken_outside_a_runtime_stays_in_place() {
+    // Before the fix, the failed conversion dropped the inherited socket
+    // (and blamed the sender for the wrong kind); the second take, inside a
+    // runtime, then found it "already taken".
+    for role in ["tokio-outside-runtime", "upgrader-tokio-outside-runtime"] {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut a = Activation::new();
+        a.fd("web", l.as_fd()).unwrap();
+        let mut child = Guard(a.spawn(common::handover_role(role)).unwrap());
+        drop(l);
+        let lines = reports(&mut child, Duration::from_secs(30));
+        assert_eq!(lines.len(), 2, "{role}: {lines:?}");
+        assert!(
+            lines[0].contains("tokio runtime") && lines[0].contains("still there"),
+            "{role}: {lines:?}"
+        );
+        assert!(
+            !lines[0].contains("another kind"),
+            "the error must not blame the sender: {lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("second=ok") && lines[1].ends_with(&format!("port={port}")),
+            "{role}: the inherited socket was lost: {lines:?}"
+        );
+    }
 }

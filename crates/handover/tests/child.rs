@@ -5,10 +5,10 @@
 
 mod common;
 
+use handover::process::{Command, Stdio};
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Deref;
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};

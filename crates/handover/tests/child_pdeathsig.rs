@@ -13,8 +13,8 @@ use handover::child::{ChildConfig, Signal};
 
 const HELPER: &str = "HANDOVER_CHILD_PDEATHSIG_HELPER";
 
-fn sleep60() -> Command {
-    let mut c = Command::new("sleep");
+fn sleep60() -> handover::process::Command {
+    let mut c = handover::process::Command::new("sleep");
     c.arg("60");
     c
 }

@@ -5,8 +5,8 @@
 
 mod common;
 
+use handover::process::Command;
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use handover::activation::Activation;

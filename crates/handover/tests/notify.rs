@@ -14,6 +14,9 @@ use proptest::prelude::*;
 
 #[test]
 fn child_role() {
+    if std::env::var(ROLE).as_deref() == Ok("recv_in_pidns") {
+        return recv_in_pidns();
+    }
     if std::env::var(ROLE).as_deref() != Ok("notify") {
         return;
     }
@@ -113,6 +116,72 @@ fn missing_supervisor_is_a_clear_error() {
     let msg = err.to_string();
     assert!(msg.contains("could not send \"READY=1\\n\""), "{msg}");
     assert!(msg.contains("Is the supervisor still running"), "{msg}");
+}
+
+/// A supervisor in a pid namespace of its own (as in a container): binds
+/// a notify socket and reports what it hears.
+fn recv_in_pidns() {
+    let path = std::env::var("HANDOVER_TEST_SOCK").unwrap();
+    let sock = NotifySocket::bind(std::path::Path::new(&path)).unwrap();
+    println!("report:bound");
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
+    let m = sock
+        .recv_timeout(Some(Duration::from_secs(20)))
+        .unwrap()
+        .expect("a message in time");
+    println!(
+        "report:pid={:?} uid={:?} ready={}",
+        m.pid,
+        m.uid,
+        m.is_ready()
+    );
+}
+
+#[test]
+fn a_sender_in_a_pid_namespace_we_cannot_see_has_no_pid() {
+    // The kernel gives a receiver pid 0 for a sender outside its pid
+    // namespace. rustix's typed credentials cannot hold a 0 pid (it is a
+    // non-zero type: reading one was undefined behaviour, and came out as
+    // Some(0)); the message must say "unknown".
+    let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
+    let mut probe = unshare.to_vec();
+    probe.push("true");
+    if !common::runtime::require_command(
+        "a_sender_in_a_pid_namespace_we_cannot_see_has_no_pid",
+        "unshare --pid (util-linux, run as root or with user namespaces)",
+        &probe,
+        "apt-get install util-linux; .ci/run runs as root",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.sock");
+    let mut cmd = Command::new(unshare[0]);
+    cmd.args(&unshare[1..])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_role",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(ROLE, "recv_in_pidns")
+        .env("HANDOVER_TEST_SOCK", &path)
+        .stdout(std::process::Stdio::piped());
+    let mut child = Guard(cmd.spawn().unwrap());
+    let lines = common::report_stream(&mut child);
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(30)).unwrap(),
+        "bound"
+    );
+    Notifier::to(path.as_os_str())
+        .unwrap()
+        .notify(&[State::Ready])
+        .unwrap();
+    let got = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    let uid = rustix::process::getuid().as_raw();
+    assert_eq!(got, format!("pid=None uid=Some({uid}) ready=true"));
 }
 
 proptest! {

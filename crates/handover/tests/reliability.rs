@@ -19,10 +19,9 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ARGS, Guard, ROLE, Server, is_zombie_or_gone, reports, role_command};
+use common::{ARGS, Guard, ROLE, Server, is_zombie_or_gone, reports};
 use handover::activation::{Activation, EnvVars, ListenFds, parse_env};
 use handover_verify::{Load, LoadConfig, Mode};
 
@@ -303,7 +302,7 @@ fn listen_fdnames_with_colons_or_control_characters_are_clear_errors() {
 fn take_tcp_given(fd: std::os::fd::BorrowedFd<'_>) -> String {
     let mut a = Activation::new();
     a.fd("http", fd).unwrap();
-    let mut child = Guard(a.spawn(role_command("take-tcp")).unwrap());
+    let mut child = Guard(a.spawn(common::handover_role("take-tcp")).unwrap());
     let lines = reports(&mut child, Duration::from_secs(30));
     assert_eq!(lines.len(), 1, "{lines:?}");
     lines[0].clone()
@@ -358,7 +357,7 @@ fn listen_fds_claiming_more_fds_than_were_passed_closes_nothing_it_does_not_own(
     let exe = std::env::current_exe().unwrap();
     // `exec` keeps the pid, so LISTEN_PID stays right; LISTEN_FDS is raised
     // after Activation set it.
-    let mut cmd = Command::new("sh");
+    let mut cmd = handover::process::Command::new("sh");
     cmd.args([
         "-c",
         "export LISTEN_PID=$$ LISTEN_FDS=4 LISTEN_FDNAMES=http:b:c:d; exec \"$0\" --exact \
@@ -366,7 +365,7 @@ fn listen_fds_claiming_more_fds_than_were_passed_closes_nothing_it_does_not_own(
     ])
     .arg(&exe)
     .env(ROLE, "take-tcp")
-    .stdout(Stdio::piped());
+    .stdout(handover::process::Stdio::piped());
     let mut child = Guard(a.spawn(cmd).unwrap());
     let lines = reports(&mut child, Duration::from_secs(30));
     assert_eq!(lines.len(), 1, "{lines:?}");

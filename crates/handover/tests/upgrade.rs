@@ -17,11 +17,11 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ARGS, ROLE, Server, become_subreaper, reap, self_command};
+use common::{ARGS, ROLE, Server, become_subreaper, reap};
 use handover::activation::Activation;
 use handover_verify::{Load, LoadConfig, Mode};
 use rustix::process::{Pid, Signal};
@@ -31,6 +31,7 @@ fn child_role() {
     match std::env::var(ROLE).as_deref() {
         Ok("upgrade_http") => {}
         Ok("signals_first") => return signals_first_role(),
+        Ok("run_only") => return run_only_role(),
         _ => return,
     }
     let _ = tracing_subscriber::fmt()
@@ -263,15 +264,57 @@ fn a_sighup_right_after_ready_is_handled_not_fatal() {
     // signals the new pid as soon as the pid file names it, before the
     // ready-made loop runs. Handlers installed by signals() before ready()
     // keep it alive, and the upgrade it asked for still happens.
+    sighup_as_soon_as_ready("signals_first", true);
+}
+
+/// A server that only calls `Upgrader::run()` (which must install the
+/// handlers, then call `ready()`, then loop).
+fn run_only_role() {
+    use handover::drain::Drain;
+    use handover::upgrade::{Options, RunOptions, Upgrader};
+    let pid_file = std::env::var("HANDOVER_TEST_PID_FILE").unwrap();
+    let up = Upgrader::new(Options::default().pid_file(pid_file)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _l: tokio::net::TcpListener = up
+            .listen("http", &"tcp://127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let drain = Drain::new();
+        up.run(
+            &drain,
+            RunOptions::default().drain_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn upgrader_run_installs_its_handlers_before_it_calls_ready() {
+    // Upgrader::run() used to install its handlers after the caller's
+    // ready(): a SIGHUP in between killed the process. Now run() installs
+    // them, then calls ready() itself.
+    sighup_as_soon_as_ready("run_only", false);
+}
+
+/// Starts `role` (which writes a pid file when ready), sends SIGHUP the
+/// moment the pid file names it, and checks it survives and upgrades. With
+/// `loop_starts_late`, the role waits a second before its loop runs, so it
+/// must still be there 300 ms after the signal; either way it must end by
+/// exiting 0 after its successor took over, not by the signal.
+fn sighup_as_soon_as_ready(role: &str, loop_starts_late: bool) {
     become_subreaper();
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut cmd = self_command();
-    cmd.env(ROLE, "signals_first")
+    let mut cmd = common::handover_self_command();
+    cmd.env(ROLE, role)
         .env("HANDOVER_TEST_PID_FILE", &pid_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(handover::process::Stdio::null())
+        .stderr(handover::process::Stdio::null());
     let mut a = Activation::new();
     a.fd("http", listener.as_fd()).unwrap();
     let mut first = a.spawn(cmd).unwrap();
@@ -297,11 +340,13 @@ fn a_sighup_right_after_ready_is_handled_not_fatal() {
         std::thread::sleep(Duration::from_millis(5));
     }
     rustix::process::kill_process(Pid::from_raw(first.id() as i32).unwrap(), Signal::HUP).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        first.try_wait().unwrap().is_none(),
-        "SIGHUP right after ready() killed the process"
-    );
+    if loop_starts_late {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "SIGHUP right after ready() killed the process"
+        );
+    }
     // Once the loop runs, the buffered SIGHUP starts the upgrade.
     let deadline = Instant::now() + Duration::from_secs(30);
     let new = loop {
@@ -315,7 +360,11 @@ fn a_sighup_right_after_ready_is_handled_not_fatal() {
         std::thread::sleep(Duration::from_millis(10));
     };
     guard.0.push(new);
-    assert!(first.wait().unwrap().success());
+    let status = first.wait().unwrap();
+    assert!(
+        status.success(),
+        "the first process {status} (a SIGHUP death is signal 1)"
+    );
 }
 
 #[test]
@@ -334,4 +383,197 @@ fn a_failed_upgrade_restores_the_pid_file() {
         Duration::from_secs(30),
     );
     server.wait_pid_file(first, Duration::from_secs(10));
+}
+
+#[test]
+fn an_upgrade_to_a_program_that_cannot_be_executed_is_rolled_back_under_load() {
+    let mut server = Server::start("--ready-timeout 10");
+    let mut cfg = LoadConfig::new(server.addr, Mode::NewConnection);
+    cfg.connections = 4;
+    let load = Load::start(cfg).unwrap();
+    assert!(load.wait_for_ok(20, Duration::from_secs(30)));
+    // From the second generation on, the readiness pipe has come and gone.
+    let first = server.upgrade(&load);
+
+    // A deploy whose file is there and executable, but cannot run: a
+    // script whose interpreter is missing, then a binary whose loader is.
+    let broken = server.dir.path().join("broken");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\nexit 0\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    server.deploy(&broken);
+    server.hup();
+    server.wait_log(
+        "is a script whose interpreter \"/nonexistent/interpreter\"",
+        Duration::from_secs(30),
+    );
+    let mut bad_binaries = 1;
+    if let Some(no_loader) = binary_with_missing_loader(server.dir.path()) {
+        server.deploy(&no_loader);
+        server.hup();
+        server.wait_log("needs the dynamic loader", Duration::from_secs(30));
+        bad_binaries += 1;
+    }
+    assert_eq!(
+        server.current(),
+        Some(first),
+        "the old process must still be in charge:\n{}",
+        server.log()
+    );
+    let ok_before = load.snapshot().ok;
+    assert!(
+        load.wait_for_ok(ok_before + 50, Duration::from_secs(30)),
+        "the old process stopped serving:\n{}",
+        server.log()
+    );
+    let mut seen = load.pids_seen();
+    seen.remove(&first);
+    assert!(
+        seen.iter().all(|p| server.pids().contains(p)),
+        "only known generations answered: {seen:?}"
+    );
+    // No new process was left behind.
+    assert_eq!(
+        server
+            .log()
+            .matches("the new process could not be started")
+            .count(),
+        bad_binaries,
+        "{}",
+        server.log()
+    );
+
+    // The real binary again: the next upgrade succeeds.
+    server.deploy(&std::env::current_exe().unwrap());
+    let new = server.upgrade(&load);
+    let report = load.stop();
+    assert_eq!(
+        report.failures_total(),
+        0,
+        "{}\n{}",
+        report.render_table(),
+        server.log()
+    );
+    assert!(report.pids.contains_key(&new));
+}
+
+/// A copy of `/bin/true` whose ELF interpreter points nowhere, when this
+/// system's loader path can be found in it.
+fn binary_with_missing_loader(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut bytes = std::fs::read("/bin/true").ok()?;
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"/lib64/" || w == b"/lib/ld")?;
+    let end = at + bytes[at..].iter().position(|&b| b == 0)?;
+    bytes[end - 1] = b'X';
+    let p = dir.join("no-loader");
+    std::fs::write(&p, bytes).ok()?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).ok()?;
+    Some(p)
+}
+
+/// What systemd would make of the notify messages, under
+/// `NotifyAccess=main`: only the main pid is heard.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Unit {
+    main: u32,
+    state: &'static str,
+    dropped: usize,
+}
+
+/// Replays `messages` (sender pid, fields) from a unit whose main pid is
+/// `first`.
+fn replay(first: u32, messages: &[handover::notify::Message]) -> Unit {
+    let mut u = Unit {
+        main: first,
+        state: "starting",
+        dropped: 0,
+    };
+    for m in messages {
+        if m.pid != Some(u.main) {
+            u.dropped += 1;
+            continue;
+        }
+        // systemd applies MAINPID= before READY=1 in one message.
+        if let Some(p) = m.main_pid() {
+            u.main = p;
+        }
+        if m.is_reloading() {
+            u.state = "reloading";
+        }
+        if m.is_ready() {
+            u.state = "ready";
+        }
+        if m.is_stopping() {
+            u.state = "stopping";
+        }
+    }
+    u
+}
+
+#[test]
+fn under_notify_access_main_every_upgrade_ends_ready() {
+    use handover::notify::NotifySocket;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = NotifySocket::bind(&dir.path().join("notify")).unwrap();
+    let env = sock.env_value().to_owned();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let (messages, stop) = (messages.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(Some(m)) = sock.recv_timeout(Some(Duration::from_millis(50))) {
+                    messages.lock().unwrap().push(m);
+                }
+            }
+        })
+    };
+    let mut server = Server::spawn(
+        "pid",
+        "--idle-grace-ms 500",
+        &[
+            ("RUST_LOG", "info"),
+            ("NOTIFY_SOCKET", env.to_str().unwrap()),
+        ],
+    );
+    let first = server.current().unwrap();
+    let mut cfg = LoadConfig::new(server.addr, Mode::NewConnection);
+    cfg.connections = 2;
+    let load = Load::start(cfg).unwrap();
+    assert!(load.wait_for_ok(10, Duration::from_secs(30)));
+    let wait_unit = |want: Unit| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let u = replay(first, &messages.lock().unwrap());
+            if (u.main, u.state) == (want.main, want.state) {
+                return u;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the unit is {u:?}, expected main {} {}; messages:\n{:#?}",
+                want.main,
+                want.state,
+                messages.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_unit(Unit {
+        main: first,
+        state: "ready",
+        dropped: 0,
+    });
+    for _ in 0..20 {
+        let new = server.upgrade(&load);
+        wait_unit(Unit {
+            main: new,
+            state: "ready",
+            dropped: 0,
+        });
+    }
+    let report = load.stop();
+    assert_eq!(report.failures_total(), 0, "{}", report.render_table());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
 }

@@ -7,8 +7,6 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use handover::activation::Activation;
 use handover::child::ChildConfig;
+use handover::process::{Command, Stdio};
 
 use super::config::Config;
 use super::machine::Event;
@@ -60,7 +59,7 @@ pub(super) fn spawn_generation(
     if let Some(pipe) = child.stderr.take() {
         pump_stderr(pipe, id, events.clone());
     }
-    // Dropping a std Child neither waits for nor kills the process: the
+    // Dropping a Process neither waits for nor kills the process: the
     // reaper owns it.
     drop(child);
     Ok(pid)

@@ -17,8 +17,8 @@
 //! wait`, `tokio::process`, the library's `child` module): this reaper would
 //! take their statuses.
 
+use handover::process::{Command, Process, SpawnError};
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::io::Errno;
@@ -61,8 +61,8 @@ impl Reaper {
     pub(super) fn spawn<E>(
         &self,
         waiter: Waiter,
-        spawn: impl FnOnce() -> Result<std::process::Child, E>,
-    ) -> Result<(u32, std::process::Child), E> {
+        spawn: impl FnOnce() -> Result<Process, E>,
+    ) -> Result<(u32, Process), E> {
         let mut waiters = self.lock();
         let child = spawn()?;
         let pid = child.id();
@@ -75,7 +75,7 @@ impl Reaper {
         &self,
         waiter: Waiter,
         mut cmd: Command,
-    ) -> std::io::Result<(u32, std::process::Child)> {
+    ) -> Result<(u32, Process), SpawnError> {
         self.spawn(waiter, || cmd.spawn())
     }
 

@@ -1,9 +1,9 @@
 //! Supervising one child process: start it, signal it, and end it for sure.
 //!
-//! A [`Child`] is made from a fully formed [`std::process::Command`] (program,
-//! arguments, environment, working directory, stdio as you want them; by
-//! default the child inherits this process's stdin, stdout and stderr) and a
-//! [`ChildConfig`]:
+//! A [`Child`] is made from a fully formed [`crate::process::Command`]
+//! (program, arguments, environment, working directory, stdio as you want
+//! them; by default the child inherits this process's stdin, stdout and
+//! stderr) and a [`ChildConfig`]:
 //!
 //! - **start** ([`ChildConfig::spawn`], [`ChildConfig::spawn_with_fds`]): in a
 //!   new process group unless [`ChildConfig::process_group`] is off (turn it
@@ -31,14 +31,15 @@
 //!
 //! Spawning blocks briefly: until the program has been executed (or has
 //! failed to be, which gives a [`ChildError`] naming the program and the PATH
-//! searched, or the working directory). During a kill, the report arrives
+//! searched, the working directory, a script's missing interpreter, or the
+//! step that failed; see [`crate::process`]). During a kill, the report arrives
 //! once the child has been reaped, which is after the rest of its group has
 //! left or been killed.
 //!
 //! ```
-//! use std::process::Command;
 //! use std::time::Duration;
 //! use handover::child::{ChildConfig, ExitStatus, Report, Signal};
+//! use handover::process::Command;
 //!
 //! # fn main() -> Result<(), handover::child::ChildError> {
 //! let config = ChildConfig::new()
@@ -68,8 +69,8 @@
 //!
 //! # The death signal and threads
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-//! not only when the process does. Children here are always forked by their
+//! `PR_SET_PDEATHSIG` fires when the *thread* that started the child exits,
+//! not only when the process does. Children here are always started by their
 //! own waiting thread, which lives until the child is reaped, so the signal
 //! only comes when this whole process dies (as intended) — even if you spawn
 //! from a short-lived thread or a tokio blocking-pool thread.
@@ -111,7 +112,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
+use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -120,6 +121,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
 
 use crate::activation::Activation;
+use crate::process::{Command, SpawnError};
 
 /// How long [`Child::kill`] waits, after the leader is reaped, for the other
 /// members of its group to finish dying before it gives up with a warning.
@@ -174,16 +176,15 @@ pub enum ChildError {
         /// What is wrong with it.
         problem: String,
     },
-    /// Spawning failed for another reason.
-    #[error("cannot start `{label}`: {source}{hint}")]
+    /// Spawning failed for another reason (a script's interpreter is
+    /// missing, a step before `exec` failed, ...).
+    #[error("{source} (command: `{label}`)")]
     Spawn {
         /// The command, for logs.
         label: String,
-        /// The error from `fork`/`exec`.
+        /// What failed, and what it most likely means.
         #[source]
-        source: io::Error,
-        /// What it most likely means here (may be empty).
-        hint: String,
+        source: SpawnError,
     },
     /// A signal name or number that does not exist.
     #[error("unknown signal {input:?}: expected a signal name or number; valid names are {valid}")]
@@ -483,19 +484,14 @@ impl ChildConfig {
         &self,
         mut cmd: Command,
         fds: &Activation<'_>,
-    ) -> Result<std::process::Child, ChildError> {
-        use std::os::unix::process::CommandExt;
+    ) -> Result<crate::process::Process, ChildError> {
         let label = command::label(&cmd);
-        let program = command::precheck(&cmd, &label)?;
         if self.process_group {
             cmd.process_group(0);
         }
-        fds.prepare(&mut cmd, self.death_signal.map(Signal::as_raw))
-            .map_err(|source| command::spawn_error(&label, &program, source))?;
-        let spawned = cmd.spawn();
-        // The command holds duplicates of the passed descriptors.
-        drop(cmd);
-        spawned.map_err(|source| command::spawn_error(&label, &program, source))
+        cmd.death_signal = self.death_signal.map(Signal::as_raw);
+        fds.spawn_with(&mut cmd)
+            .map_err(|source| command::spawn_error(&label, source))
     }
 
     /// Runs a one-shot command to its end: `Ok` when it exits with code 0.
@@ -948,28 +944,44 @@ fn spawn(
     mut cmd: Command,
     fds: &Activation<'_>,
 ) -> Result<Child, ChildError> {
-    use std::os::unix::process::CommandExt;
-
     let label = command::label(&cmd);
-    let program = command::precheck(&cmd, &label)?;
     if config.process_group {
         cmd.process_group(0);
     }
-    // Registers the last pre_exec hook (it may exec from inside it).
-    fds.prepare(&mut cmd, config.death_signal.map(Signal::as_raw))
-        .map_err(|source| command::spawn_error(&label, &program, source))?;
+    cmd.death_signal = config.death_signal.map(Signal::as_raw);
 
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Spawned>>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Spawned, SpawnError>>(1);
     let thread_label = label.clone();
     let thread_config = config.clone();
-    // The child is forked by a thread that lives until it is reaped, so a
+    // The descriptors are borrowed for the spawn only; the thread gets
+    // duplicates (closed right after the spawn).
+    let passed: Vec<(String, std::os::fd::OwnedFd)> = fds
+        .entries()
+        .map(|(name, fd)| fd.try_clone_to_owned().map(|fd| (name.to_string(), fd)))
+        .collect::<io::Result<_>>()
+        .map_err(|source| {
+            command::spawn_error(
+                &label,
+                SpawnError::Prepare {
+                    program: cmd.get_program().to_owned(),
+                    what: "duplicating a descriptor to pass",
+                    source,
+                },
+            )
+        })?;
+    // The child is started by a thread that lives until it is reaped, so a
     // death signal fires only when this process dies.
     let thread = std::thread::Builder::new()
         .name("handover-child".to_string())
         .spawn(move || {
-            let spawned = cmd.spawn();
-            // The command holds duplicates of the passed descriptors.
-            drop(cmd);
+            let mut activation = Activation::new();
+            for (name, fd) in &passed {
+                // Validated when they were added to `fds`.
+                let _ = activation.fd(name, std::os::fd::AsFd::as_fd(fd));
+            }
+            let spawned = activation.spawn_with(&mut cmd);
+            drop(activation);
+            drop(passed);
             let mut child = match spawned {
                 Ok(c) => c,
                 Err(e) => {
@@ -979,7 +991,7 @@ fn spawn(
             };
             let shared = Arc::new(Shared {
                 label: thread_label,
-                pid: Pid::from_child(&child),
+                pid: Pid::from_raw(child.id() as i32).expect("a spawned pid is positive"),
                 group: thread_config.process_group,
                 config: thread_config,
                 state: Mutex::new(State::default()),
@@ -988,7 +1000,8 @@ fn spawn(
             });
             let (stdin, stdout, stderr) =
                 (child.stdin.take(), child.stdout.take(), child.stderr.take());
-            // Dropping a std Child neither waits for nor kills the process.
+            // Dropping the handle neither waits for nor kills the process;
+            // `watch` reaps it.
             drop(child);
             tracing::info!(label = %shared.label, pid = shared.pid_u32(),
                 group = shared.group, "child started");
@@ -1006,7 +1019,7 @@ fn spawn(
         Ok(Ok(spawned)) => spawned,
         Ok(Err(e)) => {
             let _ = thread.join();
-            return Err(command::spawn_error(&label, &program, e));
+            return Err(command::spawn_error(&label, e));
         }
         Err(_) => {
             let _ = thread.join();
@@ -1070,7 +1083,7 @@ impl Child {
     }
 
     /// The writing end of the child's stdin, when the command had
-    /// `Stdio::piped()` for it. (For tokio, see
+    /// [`Stdio::piped()`](crate::process::Stdio::piped) for it. (For tokio, see
     /// `tokio::process::ChildStdin::from_std`.)
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.stdin.take()

@@ -35,13 +35,48 @@ pub const ARGS: &str = "HANDOVER_TEST_ARGS";
 
 // ------------------------------------------------------------ children
 
-/// Kills and reaps the child when dropped, even if the test failed.
-pub struct Guard(pub Child);
+/// A child process started with std or with `handover::process`.
+pub trait Kid {
+    /// Its piped stdout, once.
+    fn take_stdout(&mut self) -> Option<std::process::ChildStdout>;
+    /// `try_wait`.
+    fn poll_exit(&mut self) -> std::io::Result<Option<ExitStatus>>;
+    /// `kill`, then `wait`.
+    fn kill_and_reap(&mut self);
+}
 
-impl Drop for Guard {
+impl Kid for Child {
+    fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.stdout.take()
+    }
+    fn poll_exit(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.try_wait()
+    }
+    fn kill_and_reap(&mut self) {
+        let _ = self.kill();
+        let _ = self.wait();
+    }
+}
+
+impl Kid for handover::process::Process {
+    fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.stdout.take()
+    }
+    fn poll_exit(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.try_wait()
+    }
+    fn kill_and_reap(&mut self) {
+        let _ = self.kill();
+        let _ = self.wait();
+    }
+}
+
+/// Kills and reaps the child when dropped, even if the test failed.
+pub struct Guard<K: Kid = Child>(pub K);
+
+impl<K: Kid> Drop for Guard<K> {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.kill_and_reap();
     }
 }
 
@@ -59,10 +94,38 @@ pub fn child_role_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd
 }
 
+/// [`child_role_command`] as a [`handover::process::Command`], for the
+/// library's spawning APIs.
+pub fn handover_role_command(program: impl AsRef<std::ffi::OsStr>) -> handover::process::Command {
+    let mut cmd = handover::process::Command::new(program);
+    cmd.args([
+        "--exact",
+        "child_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ]);
+    cmd
+}
+
+/// [`self_command`] as a [`handover::process::Command`].
+pub fn handover_self_command() -> handover::process::Command {
+    handover_role_command(std::env::current_exe().unwrap())
+}
+
 /// This test binary, re-executed to run `child_role`. The caller sets the
 /// role and the standard I/O.
 pub fn self_command() -> Command {
     child_role_command(std::env::current_exe().unwrap())
+}
+
+/// [`role_command`] as a [`handover::process::Command`].
+pub fn handover_role(role: &str) -> handover::process::Command {
+    let mut cmd = handover_self_command();
+    cmd.env(ROLE, role)
+        .stdout(handover::process::Stdio::piped())
+        .stderr(handover::process::Stdio::inherit());
+    cmd
 }
 
 /// This test binary, re-executed to run `child_role` as `role`: stdout is
@@ -77,8 +140,8 @@ pub fn role_command(role: &str) -> Command {
 
 /// The child's stdout lines that start with `report:` (without the prefix),
 /// as they come.
-pub fn report_stream(guard: &mut Guard) -> mpsc::Receiver<String> {
-    let out = guard.0.stdout.take().unwrap();
+pub fn report_stream<K: Kid>(guard: &mut Guard<K>) -> mpsc::Receiver<String> {
+    let out = guard.0.take_stdout().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -94,7 +157,7 @@ pub fn report_stream(guard: &mut Guard) -> mpsc::Receiver<String> {
 
 /// Collects all the child's `report:` lines, until it closes its stdout;
 /// fails after `deadline`.
-pub fn reports(guard: &mut Guard, deadline: Duration) -> Vec<String> {
+pub fn reports<K: Kid>(guard: &mut Guard<K>, deadline: Duration) -> Vec<String> {
     let rx = report_stream(guard);
     let start = Instant::now();
     let mut lines = Vec::new();
@@ -108,10 +171,10 @@ pub fn reports(guard: &mut Guard, deadline: Duration) -> Vec<String> {
 }
 
 /// Waits for the child to exit; fails after `deadline`.
-pub fn wait_exit(guard: &mut Guard, deadline: Duration) -> ExitStatus {
+pub fn wait_exit<K: Kid>(guard: &mut Guard<K>, deadline: Duration) -> ExitStatus {
     let start = Instant::now();
     loop {
-        if let Some(s) = guard.0.try_wait().unwrap() {
+        if let Some(s) = guard.0.poll_exit().unwrap() {
             return s;
         }
         assert!(start.elapsed() < deadline, "child did not exit in time");
@@ -193,7 +256,7 @@ pub struct Server {
     pub addr: SocketAddr,
     app: PathBuf,
     inode: u64,
-    first: Child,
+    first: handover::process::Process,
     pids: Mutex<Vec<u32>>,
     pid_file: PathBuf,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -245,7 +308,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let inode = rustix::fs::fstat(&listener).unwrap().st_ino;
-        let mut cmd = child_role_command(&app);
+        let mut cmd = handover_role_command(&app);
         cmd.env(ROLE, "upgrade_http")
             .env(
                 ARGS,
@@ -255,12 +318,12 @@ impl Server {
                 ),
             )
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(handover::process::Stdio::null())
+            .stderr(handover::process::Stdio::piped());
         // A process group of its own, which every generation inherits: on
         // drop the whole chain is killed, including a generation started
         // just before a failing assertion that this harness never saw.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.process_group(0);
         let mut a = Activation::new();
         a.fd("http", listener.as_fd()).unwrap();
         let mut first = a.spawn(cmd).unwrap();
