@@ -9,7 +9,7 @@
 //! stderr tails, ids of pending replies): it serializes with serde, so that a
 //! re-executed supervisor can take it over.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,13 +17,13 @@ use serde_json::json;
 
 use handover::child::Signal;
 
-use super::config::ReadyMode;
+use super::config::{ReadyMode, SignalScope};
 use crate::duration;
 
 /// A point in time on `CLOCK_MONOTONIC` (time since boot): unlike
 /// `std::time::Instant` it has a value that means the same in a re-executed
 /// image of this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Mono(Duration);
 
 impl Mono {
@@ -43,8 +43,7 @@ impl Mono {
         self.0.saturating_sub(earlier.0)
     }
 
-    /// For tests: a time `d` after boot.
-    #[cfg(test)]
+    /// A time `d` after boot (like `MONOTONIC_USEC=` of a notify message).
     pub fn at(d: Duration) -> Mono {
         Mono(d)
     }
@@ -151,11 +150,19 @@ pub enum Event {
         ready: bool,
         /// `STATUS=`.
         status: Option<String>,
+        /// `RELOADING=1`.
+        reloading: bool,
+        /// `MONOTONIC_USEC=`: when the sender began reloading.
+        monotonic_usec: Option<u64>,
     },
-    /// The readiness probe of generation `id` exited 0.
-    ProbePassed {
+    /// One run of a readiness probe of generation `id` ended.
+    ProbeResult {
         /// Which generation.
         id: u64,
+        /// Which probe: its index in the readiness modes.
+        index: usize,
+        /// How it went.
+        outcome: ProbeOutcome,
     },
     /// Lines generation `id` wrote to stderr.
     Stderr {
@@ -171,6 +178,18 @@ pub enum Event {
     },
     /// Time passed: act on every deadline that is due.
     Tick,
+}
+
+/// How one run of a readiness probe went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// It passed (exec: exited 0; http: the new generation answered 2xx).
+    Pass,
+    /// It failed; the text says how.
+    Fail(String),
+    /// It proved nothing either way (http: another generation accepted the
+    /// connection); the text says why.
+    Unsure(String),
 }
 
 /// What systemd is told (`NOTIFY_SOCKET` of handover itself).
@@ -195,27 +214,33 @@ pub enum Action {
         /// Which generation.
         id: u64,
     },
-    /// Run the `exec:` readiness probe for generation `id` until it exits 0,
-    /// then send [`Event::ProbePassed`].
+    /// Run readiness probe `index` (an `exec:` or `http:` mode) for
+    /// generation `id` again and again, each run's outcome an
+    /// [`Event::ProbeResult`], until [`Action::CancelProbe`].
     Probe {
         /// Which generation.
         id: u64,
-        /// Its pid (the probe gets it as `HANDOVER_PID`).
+        /// Its pid (the probe gets it as `HANDOVER_PID`; an http: answer
+        /// must come from its process group).
         pid: u32,
-        /// The shell command.
-        command: String,
+        /// The probe's index in the readiness modes.
+        index: usize,
+        /// The probe.
+        mode: ReadyMode,
     },
-    /// Stop running generation `id`'s probe (and kill one that runs).
+    /// Stop running generation `id`'s probes (and kill one that runs).
     CancelProbe {
         /// Which generation.
         id: u64,
     },
-    /// Send `signal` to process group `pgid`.
+    /// Send `signal` to a generation.
     Signal {
-        /// The process group (a generation's pid).
+        /// The generation's pid, which is also its process group id.
         pgid: u32,
         /// The signal.
         signal: Signal,
+        /// To its main process only, or to its whole process group.
+        scope: SignalScope,
     },
     /// Watch generation `id`'s process group; send [`Event::GroupEmpty`]
     /// once no process is left in it.
@@ -241,12 +266,13 @@ pub enum Action {
 /// The machine's settings (from the command line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
-    /// When a generation counts as ready.
-    pub ready: ReadyMode,
+    /// When a generation counts as ready: every condition must hold.
+    pub ready: Vec<ReadyMode>,
     /// How long a generation has to become ready.
     pub ready_timeout: Duration,
-    /// How long a ready generation must stay up before the old one is told
-    /// to stop (zero: at once). Issue 13 sets it from `--settle`.
+    /// How long a ready generation must stay up (and keep passing its
+    /// probes) before the old one is told to stop (zero: at once); also how
+    /// long a generation must stay up after an in-place reload was done.
     pub settle: Duration,
     /// The stop signal.
     #[serde(with = "signal_number")]
@@ -258,6 +284,13 @@ pub struct Settings {
     /// Reload by signalling the current generation instead.
     #[serde(with = "opt_signal_number")]
     pub reload_signal: Option<Signal>,
+    /// When an in-place reload is done (every condition must hold); empty:
+    /// once the signal was sent (and the settle window passed).
+    #[serde(default)]
+    pub reload_ready: Vec<ReadyMode>,
+    /// Who gets reload and forwarded signals.
+    #[serde(default)]
+    pub signal_scope: SignalScope,
     /// Longest crash-restart delay.
     pub max_backoff: Duration,
     /// A generation that stayed current this long resets the backoff.
@@ -267,7 +300,8 @@ pub struct Settings {
     /// See `start_limit_burst`.
     pub start_limit_interval: Duration,
     /// How many replaced generations may drain while a reload starts
-    /// another; more reloads wait. Issue 13 makes this `--max-draining`.
+    /// another (`--max-draining`); a reload beyond that waits until one is
+    /// gone. Each draining generation keeps its own stop deadline.
     pub max_draining: usize,
 }
 
@@ -279,6 +313,15 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(10);
 
 /// Lines of a generation's stderr kept for error reports.
 pub const STDERR_TAIL: usize = 20;
+
+/// Lines of a generation's stderr that look like the cause of a failure
+/// (see [`looks_like_a_cause`]), kept from its start for error reports.
+pub const CAUSE_LINES: usize = 16;
+
+/// With `--ready notify`: a generation that has not written to
+/// `NOTIFY_SOCKET` this long after it started gets a warning that says why
+/// it may never be ready (long before `--ready-timeout`).
+pub const NOTIFY_HINT: Duration = Duration::from_secs(5);
 
 /// After a generation's last process is gone, how long to wait for its
 /// stderr pipe to close (so the last lines are in its report). A process
@@ -348,6 +391,9 @@ pub struct Ending {
     pub group_empty: bool,
     /// Until when to wait for its stderr to close.
     pub linger_until: Option<Mono>,
+    /// When it began ending.
+    #[serde(default)]
+    pub since: Option<Mono>,
 }
 
 /// Where a generation is in its life.
@@ -359,8 +405,16 @@ pub enum GenState {
         deadline: Mono,
         /// With `--ready delay:`: ready then.
         ready_at: Option<Mono>,
+        /// The readiness conditions met so far.
+        #[serde(default)]
+        checks: Checks,
+        /// With `--ready notify`: when to warn if it has not written to
+        /// `NOTIFY_SOCKET` yet.
+        #[serde(default)]
+        hint_at: Option<Mono>,
     },
-    /// Ready; the previous generation still serves until `until`.
+    /// Ready; the previous generation still serves until `until`, and the
+    /// new one must stay up (and keep passing its probes) until then.
     Settling {
         /// End of the settle window.
         until: Mono,
@@ -410,6 +464,10 @@ pub struct Generation {
     pub notified: bool,
     /// The last lines of its stderr.
     pub stderr: VecDeque<String>,
+    /// The first lines of its stderr that look like the cause of a failure
+    /// (at most [`CAUSE_LINES`]).
+    #[serde(default)]
+    pub cause: Vec<String>,
     /// Its stderr pipe closed.
     pub stderr_closed: bool,
 }
@@ -426,6 +484,72 @@ impl Generation {
             .join("\n")
     }
 
+    /// Keeps `line` (cut to 1000 characters) in the tail, and among the
+    /// cause lines when it looks like one (with the indented lines before a
+    /// Python-style `SomethingError: ...`, which say where).
+    fn push_stderr(&mut self, mut line: String) {
+        if line.len() > 1000 {
+            let mut end = 1000;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+        if self.cause.len() < CAUSE_LINES && looks_like_a_cause(&line) {
+            let mut lines = Vec::new();
+            if is_exception_line(&line) {
+                lines.extend(
+                    self.stderr
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .take_while(|l| l.starts_with(char::is_whitespace))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev(),
+                );
+            }
+            lines.push(line.clone());
+            for l in lines {
+                let key = normalized(&l);
+                if self.cause.len() < CAUSE_LINES
+                    && !self.cause.iter().any(|c| normalized(c) == key)
+                {
+                    self.cause.push(l);
+                }
+            }
+        }
+        if self.stderr.len() == STDERR_TAIL {
+            self.stderr.pop_front();
+        }
+        self.stderr.push_back(line);
+    }
+
+    /// What its stderr says about a failure: the lines that look like the
+    /// cause (those not among the last `n`), then its last `n` lines; each
+    /// part headed, empty when there is nothing.
+    pub fn report(&self, n: usize) -> String {
+        let tail = self.tail(n);
+        let shown: Vec<&str> = tail.lines().collect();
+        let cause: Vec<&str> = self
+            .cause
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !shown.contains(c))
+            .collect();
+        let mut out = String::new();
+        if !cause.is_empty() {
+            out.push_str("\nits stderr lines that look like the cause:\n");
+            out.push_str(&cause.join("\n"));
+        }
+        if !tail.is_empty() {
+            out.push_str("\nits last stderr lines:\n");
+            out.push_str(&tail);
+        }
+        out
+    }
+
     fn label(&self) -> String {
         match self.pid {
             Some(pid) => format!("generation {} (pid {pid})", self.id),
@@ -434,17 +558,179 @@ impl Generation {
     }
 }
 
-/// Counters for `status`.
+/// Whether a line of stderr looks like it says what went wrong.
+pub fn looks_like_a_cause(line: &str) -> bool {
+    const WORDS: [&str; 18] = [
+        "error",
+        "exception",
+        "panic",
+        "fatal",
+        "failed",
+        "failure",
+        "cannot ",
+        "can't ",
+        "could not",
+        "couldn't",
+        "unable to",
+        "denied",
+        "refused",
+        "no such file",
+        "not found",
+        "invalid",
+        "segmentation fault",
+        "abort",
+    ];
+    let lower = line.to_ascii_lowercase();
+    !lower
+        .trim_start()
+        .starts_with("traceback (most recent call last)")
+        && WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// A Python-style exception line: `SyntaxError: ...`, `ModuleNotFoundError`.
+fn is_exception_line(line: &str) -> bool {
+    let name = line.split(':').next().unwrap_or("");
+    !line.starts_with(char::is_whitespace)
+        && (name.ends_with("Error") || name.ends_with("Exception"))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// `line` with every run of digits as `#`: the same message from another
+/// worker (another pid, another time) is the same line.
+fn normalized(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut digits = false;
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            if !digits {
+                out.push('#');
+            }
+            digits = true;
+        } else {
+            out.push(c);
+            digits = false;
+        }
+    }
+    out
+}
+
+/// Counters for `status`, kept apart: starts of any kind, reloads (asked
+/// for, by the control socket or SIGHUP), crash restarts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {
-    /// Starts that were answered (the first start, reloads, restarts).
+    /// Reloads that were answered, done or failed (not the first start, not
+    /// crash restarts).
     pub reloads: u64,
     /// Of which failed.
     pub failed_reloads: u64,
     /// Restarts after the current generation died.
     pub restarts: u64,
-    /// The outcome of the last start.
+    /// Generations started (the first, reloads and crash restarts; an
+    /// in-place reload starts none).
+    #[serde(default)]
+    pub starts: u64,
+    /// The outcome of the last reload; if the generation it made current
+    /// died since, `crashed` says how.
     pub last_reload: Option<serde_json::Value>,
+    /// The last time the current generation died on its own.
+    #[serde(default)]
+    pub last_crash: Option<serde_json::Value>,
+}
+
+/// The readiness conditions a generation has met (for a start, or an
+/// in-place reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checks {
+    /// `READY=1` arrived (for an in-place reload: after `RELOADING=1`).
+    pub ready_sent: bool,
+    /// `RELOADING=1` arrived (in-place reloads).
+    pub reloading_sent: bool,
+    /// Probes (by index in the modes) whose last run passed.
+    pub passing: BTreeSet<usize>,
+    /// The last probe run that did not pass, for the error report.
+    pub last_probe: Option<String>,
+    /// The delays (`delay:`) are over.
+    #[serde(default)]
+    pub delays_over: bool,
+}
+
+impl Checks {
+    /// Whether every condition of `modes` holds.
+    fn met(&self, modes: &[ReadyMode]) -> bool {
+        modes.iter().enumerate().all(|(i, m)| match m {
+            ReadyMode::Notify => self.ready_sent,
+            ReadyMode::Delay(_) => self.delays_over,
+            ReadyMode::Exec(_) | ReadyMode::Http { .. } => self.passing.contains(&i),
+        })
+    }
+
+    /// Records a probe run; `Some(reason)` when it failed.
+    fn probe(
+        &mut self,
+        index: usize,
+        mode: Option<&ReadyMode>,
+        outcome: &ProbeOutcome,
+    ) -> Option<String> {
+        let name = mode.map(ToString::to_string).unwrap_or_default();
+        match outcome {
+            ProbeOutcome::Pass => {
+                self.passing.insert(index);
+                None
+            }
+            ProbeOutcome::Fail(why) => {
+                self.passing.remove(&index);
+                let why = format!("the probe {name} {why}");
+                self.last_probe = Some(why.clone());
+                Some(why)
+            }
+            ProbeOutcome::Unsure(why) => {
+                self.last_probe = Some(format!("the probe {name}: {why}"));
+                None
+            }
+        }
+    }
+}
+
+/// The end of the delays among `modes`, counted from `from`.
+fn delays_end(modes: &[ReadyMode], from: Mono) -> Option<Mono> {
+    modes
+        .iter()
+        .filter_map(|m| match m {
+            ReadyMode::Delay(d) => Some(from.after(*d)),
+            _ => None,
+        })
+        .max()
+}
+
+/// An in-place reload: the current generation got `--reload-signal` and
+/// reloads itself, keeping its pid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InPlace {
+    /// The generation.
+    pub id: u64,
+    /// Who waits for the outcome.
+    pub replies: Vec<ReplyId>,
+    /// When it was asked for.
+    pub asked: Mono,
+    /// When the signal is due (after the splay); `None` once sent.
+    pub signal_at: Option<Mono>,
+    /// When the signal was sent.
+    pub signalled: Option<Mono>,
+    /// When it fails if it is not done (the ready timeout, from the signal).
+    pub deadline: Option<Mono>,
+    /// When the delays of `--reload-ready` are over.
+    pub ready_at: Option<Mono>,
+    /// The conditions of `--reload-ready` met so far.
+    pub checks: Checks,
+    /// How long after the signal they were all met.
+    pub ready_after: Option<Duration>,
+    /// Once met: the end of the settle window.
+    pub settle_until: Option<Mono>,
+    /// It failed because the generation died: answered once it is gone (so
+    /// that the report has its last stderr lines).
+    pub failed: Option<String>,
 }
 
 /// A start in progress and who waits for it.
@@ -511,6 +797,9 @@ pub struct Machine {
     pub stop_replies: Vec<ReplyId>,
     /// Counters.
     pub stats: Stats,
+    /// The in-place reload in progress, if any.
+    #[serde(default)]
+    pub in_place: Option<InPlace>,
     /// Random state for the splay.
     rng_seed: u64,
 }
@@ -543,6 +832,7 @@ impl Machine {
             restarts: Restarts::default(),
             stop_replies: Vec::new(),
             stats: Stats::default(),
+            in_place: None,
             rng_seed: fastrand::u64(..),
         }
     }
@@ -562,7 +852,8 @@ impl Machine {
         self.gens.iter().find(|g| g.id == id)
     }
 
-    fn draining_replaced(&self) -> usize {
+    /// Replaced generations that still drain (what `max_draining` caps).
+    pub fn draining_replaced(&self) -> usize {
         self.gens
             .iter()
             .filter(
@@ -571,16 +862,35 @@ impl Machine {
             .count()
     }
 
+    /// Whether a reload has to wait for a replaced generation to be gone.
+    fn draining_full(&self) -> bool {
+        self.current().is_some() && self.draining_replaced() >= self.settings.max_draining.max(1)
+    }
+
+    /// The probes (exec:, http:) among `modes`, with their indices.
+    fn probes(modes: &[ReadyMode]) -> impl Iterator<Item = (usize, &ReadyMode)> {
+        modes.iter().enumerate().filter(|(_, m)| m.is_probe())
+    }
+
+    fn has_probes(&self) -> bool {
+        self.settings.ready.iter().any(ReadyMode::is_probe)
+    }
+
     /// When [`Event::Tick`] is next needed.
     pub fn next_deadline(&self) -> Option<Mono> {
         let mut times = vec![self.restarts.due, self.restarts.reset_at];
         for g in &self.gens {
             match &g.state {
-                GenState::Starting { deadline, ready_at } => {
+                GenState::Starting {
+                    deadline,
+                    ready_at,
+                    hint_at,
+                    ..
+                } => {
                     times.push(Some(*deadline));
                     // Only once it runs: a delay counts from the start.
                     if g.pid.is_some() {
-                        times.push(*ready_at);
+                        times.extend([*ready_at, *hint_at]);
                     }
                 }
                 GenState::Settling { until } => times.push(Some(*until)),
@@ -588,6 +898,12 @@ impl Machine {
                 GenState::Draining(e) => {
                     times.extend([e.signal_at, e.kill_at, e.linger_until]);
                 }
+            }
+        }
+        if let Some(ip) = self.in_place.as_ref().filter(|ip| ip.failed.is_none()) {
+            times.extend([ip.signal_at, ip.settle_until]);
+            if ip.settle_until.is_none() {
+                times.extend([ip.deadline, ip.ready_at]);
             }
         }
         times.into_iter().flatten().min()
@@ -627,22 +943,23 @@ impl Machine {
                 pgid,
                 ready,
                 status,
-            } => self.notify(now, pid, pgid, ready, status, &mut out),
-            Event::ProbePassed { id } => {
-                if self
-                    .find(id)
-                    .is_some_and(|g| matches!(g.state, GenState::Starting { .. }))
-                {
-                    self.became_ready(now, id, &mut out);
-                }
+                reloading,
+                monotonic_usec,
+            } => {
+                let n = Notice {
+                    ready,
+                    reloading,
+                    monotonic_usec,
+                };
+                self.notify(now, pid, pgid, n, status, &mut out)
+            }
+            Event::ProbeResult { id, index, outcome } => {
+                self.probe_result(now, id, index, outcome, &mut out)
             }
             Event::Stderr { id, lines } => {
                 if let Some(g) = self.gen_mut(id) {
                     for line in lines {
-                        if g.stderr.len() == STDERR_TAIL {
-                            g.stderr.pop_front();
-                        }
-                        g.stderr.push_back(line);
+                        g.push_stderr(line);
                     }
                 }
             }
@@ -661,10 +978,7 @@ impl Machine {
     fn start(&mut self, now: Mono, purpose: Purpose, replies: Vec<ReplyId>, out: &mut Vec<Action>) {
         let id = self.next_id;
         self.next_id += 1;
-        let ready_at = match &self.settings.ready {
-            ReadyMode::Delay(d) => Some(now.after(*d)),
-            _ => None,
-        };
+        self.stats.starts += 1;
         if purpose == Purpose::Reload && self.current().is_some() {
             out.push(Action::Notify(Sd::Reloading));
         }
@@ -674,7 +988,9 @@ impl Machine {
             purpose,
             state: GenState::Starting {
                 deadline: now.after(self.settings.ready_timeout),
-                ready_at,
+                ready_at: delays_end(&self.settings.ready, now),
+                checks: Checks::default(),
+                hint_at: None,
             },
             started: now,
             started_unix_ms: 0,
@@ -682,6 +998,7 @@ impl Machine {
             status: None,
             notified: false,
             stderr: VecDeque::new(),
+            cause: Vec::new(),
             stderr_closed: false,
         });
         self.in_flight = Some(InFlight {
@@ -693,26 +1010,39 @@ impl Machine {
     }
 
     fn spawned(&mut self, now: Mono, id: u64, pid: u32, unix_ms: u128, out: &mut Vec<Action>) {
-        let (probe, delay) = match &self.settings.ready {
-            ReadyMode::Exec(c) => (Some(c.clone()), None),
-            ReadyMode::Delay(d) => (None, Some(*d)),
-            ReadyMode::Notify => (None, None),
-        };
+        let ready_at = delays_end(&self.settings.ready, now);
+        let hint = (self.settings.ready.contains(&ReadyMode::Notify)
+            && NOTIFY_HINT < self.settings.ready_timeout)
+            .then(|| now.after(NOTIFY_HINT));
+        let probes: Vec<(usize, ReadyMode)> = Self::probes(&self.settings.ready)
+            .map(|(i, m)| (i, m.clone()))
+            .collect();
         let Some(g) = self.gen_mut(id) else { return };
         g.pid = Some(pid);
         g.started_unix_ms = unix_ms;
         // Readiness counts from when the process runs.
         g.started = now;
-        if let (GenState::Starting { ready_at, .. }, Some(d)) = (&mut g.state, delay) {
-            *ready_at = Some(now.after(d));
+        if let GenState::Starting {
+            ready_at: r,
+            hint_at,
+            ..
+        } = &mut g.state
+        {
+            *r = ready_at;
+            *hint_at = hint;
         }
         tracing::info!(
             generation = id,
             pid,
             "started a new generation; waiting until it is ready"
         );
-        if let Some(command) = probe {
-            out.push(Action::Probe { id, pid, command });
+        for (index, mode) in probes {
+            out.push(Action::Probe {
+                id,
+                pid,
+                index,
+                mode,
+            });
         }
     }
 
@@ -736,21 +1066,16 @@ impl Machine {
             }
             return;
         }
-        if let (Some(signal), Some(cur)) = (self.settings.reload_signal, self.current())
-            && let Some(pid) = cur.pid
-        {
-            tracing::info!(%signal, pid, "reload: signalled the current generation");
-            out.push(Action::Signal { pgid: pid, signal });
-            self.record(now, now, true, Some(pid), None);
-            if let Some(to) = reply {
-                out.push(Action::Reply {
-                    to,
-                    answer: json!({"ok": true, "signalled": signal.to_string(), "pid": pid}),
-                });
+        let replies: Vec<ReplyId> = reply.into_iter().collect();
+        if self.settings.reload_signal.is_some() && self.current().is_some() {
+            if self.in_place.is_some() || self.in_flight.is_some() {
+                // Answered by the in-place reload after the one in progress.
+                self.queued.get_or_insert_with(Vec::new).extend(replies);
+            } else {
+                self.begin_in_place(now, replies, out);
             }
             return;
         }
-        let replies: Vec<ReplyId> = reply.into_iter().collect();
         if self.in_flight.is_some() {
             // Answered by the start after the one in progress.
             self.queued.get_or_insert_with(Vec::new).extend(replies);
@@ -761,9 +1086,19 @@ impl Machine {
             let mut waiting = std::mem::take(&mut self.restarts.replies);
             waiting.extend(replies);
             self.start(now, Purpose::Reload, waiting, out);
-        } else if self.current().is_some() && self.draining_replaced() >= self.settings.max_draining
-        {
-            // Waits until an old generation has drained.
+        } else if self.draining_full() {
+            // Waits until an old generation has drained (--max-draining).
+            let draining = self.draining_replaced();
+            tracing::info!(
+                draining,
+                max_draining = self.settings.max_draining,
+                "reload waits: as many old generations drain as --max-draining allows; it \
+                 starts once one is gone (at the latest at its --stop-timeout)"
+            );
+            out.push(Action::Notify(Sd::Status(format!(
+                "reload waits: {draining} old generation(s) still drain (--max-draining {})",
+                self.settings.max_draining
+            ))));
             self.queued.get_or_insert_with(Vec::new).extend(replies);
         } else {
             self.start(now, Purpose::Reload, replies, out);
@@ -772,10 +1107,19 @@ impl Machine {
 
     /// Starts the queued reload if nothing stands in its way.
     fn start_queued(&mut self, now: Mono, out: &mut Vec<Action>) {
-        if self.phase != Phase::Running || self.in_flight.is_some() || self.queued.is_none() {
+        if self.phase != Phase::Running
+            || self.in_flight.is_some()
+            || self.in_place.is_some()
+            || self.queued.is_none()
+        {
             return;
         }
-        if self.current().is_some() && self.draining_replaced() >= self.settings.max_draining {
+        if self.settings.reload_signal.is_some() && self.current().is_some() {
+            let replies = self.queued.take().unwrap_or_default();
+            self.begin_in_place(now, replies, out);
+            return;
+        }
+        if self.draining_full() {
             return;
         }
         if self.restarts.due.is_some() {
@@ -784,6 +1128,209 @@ impl Machine {
         let mut replies = self.queued.take().unwrap_or_default();
         replies.append(&mut self.restarts.replies);
         self.start(now, Purpose::Reload, replies, out);
+    }
+
+    /// A random delay in [0, --splay).
+    fn splay_delay(&mut self) -> Duration {
+        let splay = self.settings.splay;
+        if splay.is_zero() {
+            return Duration::ZERO;
+        }
+        self.rng_seed = self
+            .rng_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let nanos = u64::try_from(splay.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos((self.rng_seed >> 11) % nanos)
+    }
+
+    /// An in-place reload of the current generation: `--reload-signal` (after
+    /// the splay), then wait until `--reload-ready` holds and the settle
+    /// window passed.
+    fn begin_in_place(&mut self, now: Mono, replies: Vec<ReplyId>, out: &mut Vec<Action>) {
+        let Some(id) = self.current().map(|g| g.id) else {
+            return;
+        };
+        out.push(Action::Notify(Sd::Reloading));
+        let delay = self.splay_delay();
+        self.in_place = Some(InPlace {
+            id,
+            replies,
+            asked: now,
+            signal_at: Some(now.after(delay)),
+            signalled: None,
+            deadline: None,
+            ready_at: None,
+            checks: Checks::default(),
+            ready_after: None,
+            settle_until: None,
+            failed: None,
+        });
+        self.in_place_due(now, out);
+    }
+
+    /// Moves the in-place reload on: sends the signal when due, and finishes
+    /// it once its conditions and the settle window hold, or fails it at its
+    /// deadline.
+    fn in_place_due(&mut self, now: Mono, out: &mut Vec<Action>) {
+        let (settle, timeout, scope) = (
+            self.settings.settle,
+            self.settings.ready_timeout,
+            self.settings.signal_scope,
+        );
+        let Some(signal) = self.settings.reload_signal else {
+            return;
+        };
+        let Some(id) = self
+            .in_place
+            .as_ref()
+            .filter(|ip| ip.failed.is_none())
+            .map(|ip| ip.id)
+        else {
+            return;
+        };
+        let Some(pid) = self.find(id).and_then(|g| g.pid) else {
+            return;
+        };
+        let probes: Vec<(usize, ReadyMode)> = Self::probes(&self.settings.reload_ready)
+            .map(|(i, m)| (i, m.clone()))
+            .collect();
+        let ready_at = delays_end(&self.settings.reload_ready, now);
+        let Some(ip) = self.in_place.as_mut() else {
+            return;
+        };
+        if ip.signal_at.is_some_and(|t| t <= now) {
+            ip.signal_at = None;
+            ip.signalled = Some(now);
+            ip.deadline = Some(now.after(timeout));
+            ip.ready_at = ready_at;
+            tracing::info!(generation = id, pid, %signal, ?scope,
+                "reload: signalled the current generation; waiting until it has reloaded in place");
+            out.push(Action::Signal {
+                pgid: pid,
+                signal,
+                scope,
+            });
+            for (index, mode) in probes {
+                out.push(Action::Probe {
+                    id,
+                    pid,
+                    index,
+                    mode,
+                });
+            }
+        }
+        let Some(signalled) = ip.signalled else {
+            return;
+        };
+        if ip.ready_at.is_some_and(|t| t <= now) {
+            ip.ready_at = None;
+        }
+        if ip.ready_at.is_none() {
+            ip.checks.delays_over = true;
+        }
+        if ip.settle_until.is_none() && ip.checks.met(&self.settings.reload_ready) {
+            ip.ready_after = Some(now.since(signalled));
+            if settle.is_zero() {
+                self.finish_in_place(now, Ok(()), out);
+                return;
+            }
+            ip.settle_until = Some(now.after(settle));
+            tracing::info!(generation = id, pid, settle = ?settle, "reloaded in place; settling");
+        }
+        if ip.settle_until.is_some_and(|t| t <= now) {
+            self.finish_in_place(now, Ok(()), out);
+        } else if ip.settle_until.is_none() && ip.deadline.is_some_and(|t| t <= now) {
+            let why = self.in_place_timeout_reason(pid, signal);
+            self.finish_in_place(now, Err(why), out);
+        }
+    }
+
+    fn in_place_timeout_reason(&self, pid: u32, signal: Signal) -> String {
+        let t = duration::format(self.settings.ready_timeout);
+        let Some(ip) = &self.in_place else {
+            return String::new();
+        };
+        let mut unmet = Vec::new();
+        for (i, m) in self.settings.reload_ready.iter().enumerate() {
+            match m {
+                ReadyMode::Notify if ip.checks.reloading_sent => unmet.push(
+                    "it sent RELOADING=1 but not READY=1 after it. Raise --ready-timeout if it \
+                     needs longer"
+                        .to_string(),
+                ),
+                ReadyMode::Notify => unmet.push(
+                    "it never sent RELOADING=1 (with --reload-ready notify the program must send \
+                     RELOADING=1 when it begins to reload and READY=1 when it is done: systemd's \
+                     Type=notify-reload contract)"
+                        .to_string(),
+                ),
+                ReadyMode::Exec(_) | ReadyMode::Http { .. } if !ip.checks.passing.contains(&i) => {
+                    unmet.push(probe_never_passed(m, &ip.checks))
+                }
+                _ => {}
+            }
+        }
+        format!(
+            "the in-place reload ({signal} to pid {pid}) was not done within {t}: {}",
+            unmet.join("; ")
+        )
+    }
+
+    /// The in-place reload ends with `result`.
+    fn finish_in_place(&mut self, now: Mono, result: Result<(), String>, out: &mut Vec<Action>) {
+        let Some(ip) = self.in_place.take() else {
+            return;
+        };
+        let signal = self
+            .settings
+            .reload_signal
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if self.settings.reload_ready.iter().any(ReadyMode::is_probe) {
+            out.push(Action::CancelProbe { id: ip.id });
+        }
+        let pid = self.find(ip.id).and_then(|g| g.pid);
+        let serving = self
+            .find(ip.id)
+            .is_some_and(|g| matches!(g.state, GenState::Current { .. }));
+        let answer = match &result {
+            Ok(()) => {
+                let ready_after = ip.ready_after.unwrap_or_default();
+                tracing::info!(generation = ip.id, pid, ready_after = ?ready_after, "reloaded in place");
+                out.push(Action::Notify(Sd::Ready("serving".into())));
+                json!({
+                    "ok": true, "in_place": true, "generation": ip.id, "pid": pid,
+                    "signalled": signal, "ready_after_ms": ms(ready_after),
+                    "took_ms": ms(now.since(ip.asked)),
+                })
+            }
+            Err(message) => {
+                tracing::error!(error = %message, "in-place reload failed");
+                if serving {
+                    out.push(Action::Notify(Sd::Ready(format!(
+                        "reload failed: {}",
+                        first_line(message)
+                    ))));
+                }
+                error_answer(message.clone())
+            }
+        };
+        self.record_reload(
+            now,
+            ip.asked,
+            result.as_ref().err().cloned(),
+            pid,
+            ip.id,
+            true,
+        );
+        for to in ip.replies {
+            out.push(Action::Reply {
+                to,
+                answer: answer.clone(),
+            });
+        }
+        self.start_queued(now, out);
     }
 
     fn signal(&mut self, now: Mono, sig: Signal, out: &mut Vec<Action>) {
@@ -800,12 +1347,14 @@ impl Machine {
                 _ => {}
             }
         } else {
+            let scope = self.settings.signal_scope;
             match self.current().and_then(|c| c.pid) {
                 Some(pid) => {
-                    tracing::info!(signal = %sig, pid, "forwarding a signal to the current generation");
+                    tracing::info!(signal = %sig, pid, ?scope, "forwarding a signal to the current generation");
                     out.push(Action::Signal {
                         pgid: pid,
                         signal: sig,
+                        scope,
                     });
                 }
                 None => tracing::warn!(signal = %sig, "no generation to forward the signal to"),
@@ -826,6 +1375,7 @@ impl Machine {
                 out.push(Action::Signal {
                     pgid: pid,
                     signal: Signal::KILL,
+                    scope: SignalScope::Group,
                 });
                 e.signal_at = None;
                 e.killed = true;
@@ -840,11 +1390,10 @@ impl Machine {
         now: Mono,
         pid: u32,
         pgid: Option<u32>,
-        ready: bool,
+        n: Notice,
         status: Option<String>,
         out: &mut Vec<Action>,
     ) {
-        let notify_mode = self.settings.ready == ReadyMode::Notify;
         let Some(g) = self
             .gens
             .iter_mut()
@@ -861,7 +1410,94 @@ impl Machine {
             g.status = Some(s);
         }
         let id = g.id;
-        if ready && notify_mode && matches!(g.state, GenState::Starting { .. }) {
+        let starting = matches!(g.state, GenState::Starting { .. });
+        if let Some(ip) = self
+            .in_place
+            .as_mut()
+            .filter(|ip| ip.id == id && ip.failed.is_none())
+            && let Some(signalled) = ip.signalled
+        {
+            // RELOADING=1 counts when it is newer than the signal (a stale
+            // datagram from before it carries an older MONOTONIC_USEC=).
+            let fresh = n
+                .monotonic_usec
+                .is_none_or(|us| Mono::at(Duration::from_micros(us)) >= signalled);
+            if n.reloading && fresh {
+                ip.checks.reloading_sent = true;
+            }
+            if n.ready && ip.checks.reloading_sent {
+                ip.checks.ready_sent = true;
+            }
+            self.in_place_due(now, out);
+            return;
+        }
+        if n.ready
+            && starting
+            && let Some(GenState::Starting { checks, .. }) = self.gen_mut(id).map(|g| &mut g.state)
+        {
+            checks.ready_sent = true;
+            self.check_ready(now, id, out);
+        }
+    }
+
+    /// One run of a probe of generation `id` ended.
+    fn probe_result(
+        &mut self,
+        now: Mono,
+        id: u64,
+        index: usize,
+        outcome: ProbeOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(ip) = self
+            .in_place
+            .as_mut()
+            .filter(|ip| ip.id == id && ip.failed.is_none())
+        {
+            let mode = self.settings.reload_ready.get(index);
+            let failed = ip.checks.probe(index, mode, &outcome);
+            if let (Some(why), Some(_)) = (failed, ip.settle_until) {
+                let pid = self.find(id).and_then(|g| g.pid).unwrap_or(0);
+                let message = format!(
+                    "generation {id} (pid {pid}) reloaded in place, then failed a readiness probe \
+                     while it settled: {why}"
+                );
+                self.finish_in_place(now, Err(message), out);
+                return;
+            }
+            self.in_place_due(now, out);
+            return;
+        }
+        let mode = self.settings.ready.get(index).cloned();
+        let Some(g) = self.gen_mut(id) else { return };
+        match &mut g.state {
+            GenState::Starting { checks, .. } => {
+                if let Some(why) = checks.probe(index, mode.as_ref(), &outcome) {
+                    tracing::debug!(generation = id, "{why}");
+                }
+                self.check_ready(now, id, out);
+            }
+            GenState::Settling { .. } => {
+                if let ProbeOutcome::Fail(why) = outcome {
+                    let name = mode.map(|m| m.to_string()).unwrap_or_default();
+                    let why = format!(
+                        "failed its readiness probe while it settled, after it was ready: the \
+                         probe {name} {why}"
+                    );
+                    self.end(now, id, EndReason::Failed(why), None, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Generation `id` (starting) may now meet every readiness condition.
+    fn check_ready(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let Some(g) = self.find(id) else { return };
+        if let GenState::Starting { checks, .. } = &g.state
+            && g.pid.is_some()
+            && checks.met(&self.settings.ready)
+        {
             self.became_ready(now, id, out);
         }
     }
@@ -869,18 +1505,20 @@ impl Machine {
     /// Generation `id` (starting) is ready.
     fn became_ready(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
         let settle = self.settings.settle;
-        let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
         let has_current = self.current().is_some();
         let Some(g) = self.gen_mut(id) else { return };
         g.ready_after = Some(now.since(g.started));
-        if exec {
-            out.push(Action::CancelProbe { id });
-        }
         if !settle.is_zero() && has_current {
             g.state = GenState::Settling {
                 until: now.after(settle),
             };
-            tracing::info!(generation = id, settle = ?settle, "generation is ready; settling");
+            let (pid, ready_after) = (g.pid, g.ready_after.unwrap_or_default());
+            tracing::info!(generation = id, pid, ready_after = ?ready_after, settle = ?settle,
+                "generation is ready; settling (the old one serves on until the window is over)");
+            out.push(Action::Notify(Sd::Status(format!(
+                "generation {id} is ready; settling for {}",
+                duration::format(settle)
+            ))));
             return;
         }
         self.promote(now, id, out);
@@ -893,22 +1531,34 @@ impl Machine {
             self.begin_ending(now, old, EndReason::Replaced, out);
         }
         let reset_after = self.settings.backoff_reset;
+        let probes = self.has_probes();
         let Some(g) = self.gen_mut(id) else { return };
+        // How long it settled: from ready to now.
+        let settled = matches!(g.state, GenState::Settling { .. })
+            .then(|| now.since(g.started.after(g.ready_after.unwrap_or_default())));
         g.state = GenState::Current { since: now };
-        let (pid, ready_after) = (g.pid, g.ready_after.unwrap_or_default());
+        let (pid, ready_after, purpose) = (g.pid, g.ready_after.unwrap_or_default(), g.purpose);
+        if probes {
+            out.push(Action::CancelProbe { id });
+        }
         self.restarts.reset_at = Some(now.after(reset_after));
-        tracing::info!(generation = id, pid, ready_after = ?ready_after, "generation is ready");
+        tracing::info!(generation = id, pid, ready_after = ?ready_after, "generation is ready and serves");
         out.push(Action::Notify(Sd::Ready("serving".into())));
         let started = self
             .in_flight
             .as_ref()
             .filter(|f| f.id == id)
             .map_or(now, |f| f.started);
-        self.record(now, started, true, pid, None);
-        let answer = json!({
+        if purpose == Purpose::Reload {
+            self.record_reload(now, started, None, pid, id, false);
+        }
+        let mut answer = json!({
             "ok": true, "generation": id, "pid": pid,
             "ready_after_ms": ms(ready_after), "took_ms": ms(now.since(started)),
         });
+        if let Some(s) = settled {
+            answer["settled_ms"] = json!(ms(s));
+        }
         if let Some(f) = self.in_flight.take_if(|f| f.id == id) {
             for to in f.replies {
                 out.push(Action::Reply {
@@ -935,23 +1585,19 @@ impl Machine {
         leader: Option<Status>,
         out: &mut Vec<Action>,
     ) {
-        let splay = self.settings.splay;
         let graceful = matches!(reason, EndReason::Replaced | EndReason::Stopping);
-        let delay = if graceful && !splay.is_zero() {
-            self.rng_seed = self
-                .rng_seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let nanos = u64::try_from(splay.as_nanos()).unwrap_or(u64::MAX).max(1);
-            Duration::from_nanos((self.rng_seed >> 11) % nanos)
+        let delay = if graceful {
+            self.splay_delay()
         } else {
             Duration::ZERO
         };
-        let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
+        let probes = self.has_probes();
         let Some(g) = self.gen_mut(id) else { return };
         match &g.state {
             GenState::Draining(_) => return,
-            GenState::Starting { .. } if exec => out.push(Action::CancelProbe { id }),
+            GenState::Starting { .. } | GenState::Settling { .. } if probes => {
+                out.push(Action::CancelProbe { id })
+            }
             _ => {}
         }
         g.state = GenState::Draining(Ending {
@@ -963,6 +1609,7 @@ impl Machine {
             leader,
             group_empty: false,
             linger_until: None,
+            since: Some(now),
         });
         if let Some(pid) = g.pid {
             out.push(Action::WatchGroup { id, pgid: pid });
@@ -979,20 +1626,19 @@ impl Machine {
             return;
         };
         let Some(pid) = pid else { return };
+        let group = |signal| Action::Signal {
+            pgid: pid,
+            signal,
+            scope: SignalScope::Group,
+        };
         if e.signal_at.is_some_and(|t| t <= now) {
             e.signal_at = None;
             if !e.group_empty {
-                out.push(Action::Signal {
-                    pgid: pid,
-                    signal: stop_signal,
-                });
+                out.push(group(stop_signal));
                 // A stopped process acts on the stop signal only once it is
                 // continued (systemd does the same).
                 if stop_signal != Signal::KILL && stop_signal != Signal::CONT {
-                    out.push(Action::Signal {
-                        pgid: pid,
-                        signal: Signal::CONT,
-                    });
+                    out.push(group(Signal::CONT));
                 }
                 e.signalled |= e.leader.is_none();
                 e.kill_at = Some(now.after(stop_timeout));
@@ -1007,10 +1653,7 @@ impl Machine {
                         leader_exited = e.leader.is_some(),
                         "the generation did not end within its stop timeout; sending SIGKILL to its process group");
                 }
-                out.push(Action::Signal {
-                    pgid: pid,
-                    signal: Signal::KILL,
-                });
+                out.push(group(Signal::KILL));
                 e.killed = true;
                 e.signalled |= e.leader.is_none();
                 e.kill_at = Some(now.after(KILL_AGAIN));
@@ -1034,11 +1677,13 @@ impl Machine {
                 self.end(now, id, EndReason::Failed(why), Some(status), out);
             }
             GenState::Current { since } => {
+                let uptime = now.since(since);
                 tracing::error!(
-                    generation = id, pid, status = %status, uptime = ?now.since(since),
-                    stderr = %g.tail(5),
+                    generation = id, pid, status = %status, uptime = ?uptime,
+                    stderr = %g.report(5),
                     "the current generation died on its own; starting a new one"
                 );
+                self.crashed(now, id, pid, status, uptime, out);
                 self.restarts.reset_at = None;
                 self.end(now, id, EndReason::Crashed, Some(status), out);
                 self.after_crash(now, id, status, out);
@@ -1051,6 +1696,49 @@ impl Machine {
             e.leader = Some(status);
         }
         self.check_gone(now, id, out);
+    }
+
+    /// Records that the current generation `id` died: counters, the last
+    /// reload if it made it current, and an in-place reload in progress.
+    fn crashed(
+        &mut self,
+        now: Mono,
+        id: u64,
+        pid: u32,
+        status: Status,
+        uptime: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        let crash = json!({
+            "generation": id, "pid": pid, "status": status.to_string(),
+            "uptime_ms": ms(uptime), "at_unix_ms": unix_ms(),
+        });
+        if let Some(last) = self.stats.last_reload.as_mut()
+            && last["generation"] == id
+            && last["ok"] == true
+        {
+            last["crashed"] = crash.clone();
+        }
+        self.stats.last_crash = Some(crash);
+        let probes = self.settings.reload_ready.iter().any(ReadyMode::is_probe);
+        if let Some(ip) = self
+            .in_place
+            .as_mut()
+            .filter(|ip| ip.id == id && ip.failed.is_none())
+        {
+            let signal = self
+                .settings
+                .reload_signal
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            ip.failed = Some(format!(
+                "generation {id} (pid {pid}) {status} during its in-place reload ({signal})"
+            ));
+            if probes {
+                out.push(Action::CancelProbe { id });
+            }
+        }
+        let _ = now;
     }
 
     /// The current generation `id` died: who serves next.
@@ -1172,12 +1860,18 @@ impl Machine {
                 if e.signalled {
                     message.push_str("; it was killed");
                 }
-                let tail = g.tail(10);
-                if !tail.is_empty() {
-                    message.push_str(&format!("\nits last stderr lines:\n{tail}"));
-                }
+                message.push_str(&g.report(10));
                 self.start_failed(now, id, g.purpose, message, out);
             }
+        }
+        if let Some(failed) = self
+            .in_place
+            .as_ref()
+            .filter(|ip| ip.id == id)
+            .and_then(|ip| ip.failed.clone())
+        {
+            let message = format!("{failed}{}", g.report(10));
+            self.finish_in_place(now, Err(message), out);
         }
         if let Phase::Stopping { error, .. } = &self.phase
             && self.gens.is_empty()
@@ -1204,7 +1898,9 @@ impl Machine {
         let Some(flight) = self.in_flight.take_if(|f| f.id == id) else {
             return;
         };
-        self.record(now, flight.started, false, None, Some(message.clone()));
+        if purpose == Purpose::Reload {
+            self.record_reload(now, flight.started, Some(message.clone()), None, id, false);
+        }
         for to in flight.replies {
             out.push(Action::Reply {
                 to,
@@ -1253,6 +1949,12 @@ impl Machine {
         let mut waiting: Vec<ReplyId> = Vec::new();
         if let Some(f) = self.in_flight.take() {
             waiting.extend(f.replies);
+        }
+        if let Some(ip) = self.in_place.take() {
+            if self.settings.reload_ready.iter().any(ReadyMode::is_probe) {
+                out.push(Action::CancelProbe { id: ip.id });
+            }
+            waiting.extend(ip.replies);
         }
         waiting.extend(self.queued.take().unwrap_or_default());
         waiting.append(&mut self.restarts.replies);
@@ -1318,10 +2020,13 @@ impl Machine {
         for id in ids {
             let Some(g) = self.find(id) else { continue };
             match g.state.clone() {
-                GenState::Starting { deadline, ready_at } => {
-                    if g.pid.is_some() && ready_at.is_some_and(|t| t <= now) {
-                        self.became_ready(now, id, out);
-                    } else if deadline <= now {
+                GenState::Starting { deadline, .. } => {
+                    self.starting_due(now, id);
+                    self.check_ready(now, id, out);
+                    if deadline <= now
+                        && let Some(g) = self.find(id)
+                        && matches!(g.state, GenState::Starting { .. })
+                    {
                         let why = self.timeout_reason(g);
                         self.begin_ending(now, id, EndReason::Failed(why), out);
                     }
@@ -1336,49 +2041,133 @@ impl Machine {
                 _ => {}
             }
         }
+        self.in_place_due(now, out);
     }
 
-    fn timeout_reason(&self, g: &Generation) -> String {
-        let t = duration::format(self.settings.ready_timeout);
-        match &self.settings.ready {
-            ReadyMode::Notify if g.notified => format!(
-                "was not ready within {t}: it wrote to NOTIFY_SOCKET but never sent READY=1. \
-                 Raise --ready-timeout if it needs longer"
-            ),
-            ReadyMode::Notify => format!(
-                "was not ready within {t}: it never wrote to NOTIFY_SOCKET. Make the program send \
-                 READY=1 there (sd_notify), or choose another --ready mode: delay:DURATION (ready \
-                 once it stays up that long) or exec:COMMAND (ready once a probe command exits 0)"
-            ),
-            ReadyMode::Delay(_) => format!("was not ready within {t}"),
-            ReadyMode::Exec(c) => {
-                format!("was not ready within {t}: the probe {c:?} never exited 0")
+    /// A starting generation's timers: its delays, and the hint for a
+    /// program that never writes to `NOTIFY_SOCKET`.
+    fn starting_due(&mut self, now: Mono, id: u64) {
+        let timeout = self.settings.ready_timeout;
+        let Some(g) = self.gen_mut(id) else { return };
+        let (pid, notified) = (g.pid, g.notified);
+        let GenState::Starting {
+            ready_at,
+            hint_at,
+            checks,
+            ..
+        } = &mut g.state
+        else {
+            return;
+        };
+        if pid.is_none() {
+            return;
+        }
+        if ready_at.is_some_and(|t| t <= now) {
+            *ready_at = None;
+        }
+        if ready_at.is_none() {
+            checks.delays_over = true;
+        }
+        if hint_at.is_some_and(|t| t <= now) {
+            *hint_at = None;
+            if !notified {
+                tracing::warn!(
+                    generation = id,
+                    pid,
+                    "generation {id} has written nothing to NOTIFY_SOCKET after {}: with --ready \
+                     notify it is ready only once it sends READY=1 there (sd_notify). If the \
+                     program does not speak sd_notify it will fail at --ready-timeout ({}): use \
+                     --ready delay:DURATION, exec:COMMAND or http:PATH instead",
+                    duration::format(NOTIFY_HINT),
+                    duration::format(timeout),
+                );
             }
         }
     }
 
-    fn record(
+    fn timeout_reason(&self, g: &Generation) -> String {
+        let t = duration::format(self.settings.ready_timeout);
+        let GenState::Starting { checks, .. } = &g.state else {
+            return format!("was not ready within {t}");
+        };
+        let mut unmet = Vec::new();
+        for (i, m) in self.settings.ready.iter().enumerate() {
+            match m {
+                ReadyMode::Notify if checks.ready_sent => {}
+                ReadyMode::Notify if g.notified => unmet.push(
+                    "it wrote to NOTIFY_SOCKET but never sent READY=1. Raise --ready-timeout if \
+                     it needs longer"
+                        .to_string(),
+                ),
+                ReadyMode::Notify => unmet.push(
+                    "it never wrote to NOTIFY_SOCKET. Make the program send READY=1 there \
+                     (sd_notify), or choose another --ready mode: delay:DURATION (ready once it \
+                     stays up that long), exec:COMMAND (ready once a probe command exits 0) or \
+                     http:PATH (ready once the new generation answers GET PATH on its socket)"
+                        .to_string(),
+                ),
+                ReadyMode::Delay(d) if !checks.delays_over => unmet.push(format!(
+                    "its delay:{} is longer than --ready-timeout",
+                    duration::format(*d)
+                )),
+                ReadyMode::Exec(_) | ReadyMode::Http { .. } if !checks.passing.contains(&i) => {
+                    unmet.push(probe_never_passed(m, checks))
+                }
+                _ => {}
+            }
+        }
+        if unmet.is_empty() {
+            format!("was not ready within {t}")
+        } else {
+            format!("was not ready within {t}: {}", unmet.join("; "))
+        }
+    }
+
+    /// Records the outcome of a reload (`error`: it failed).
+    fn record_reload(
         &mut self,
         now: Mono,
         started: Mono,
-        ok: bool,
-        pid: Option<u32>,
         error: Option<String>,
+        pid: Option<u32>,
+        generation: u64,
+        in_place: bool,
     ) {
         let st = &mut self.stats;
         st.reloads += 1;
+        let ok = error.is_none();
         if !ok {
             st.failed_reloads += 1;
         }
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
         st.last_reload = Some(json!({
-            "ok": ok, "pid": pid, "error": error,
-            "at_unix_ms": at, "took_ms": ms(now.since(started)),
+            "ok": ok, "pid": pid, "error": error, "generation": generation,
+            "in_place": in_place, "at_unix_ms": unix_ms(), "took_ms": ms(now.since(started)),
         }));
     }
+}
+
+/// What a notify datagram says, beyond `STATUS=`.
+#[derive(Debug, Clone, Copy)]
+struct Notice {
+    ready: bool,
+    reloading: bool,
+    monotonic_usec: Option<u64>,
+}
+
+/// "the probe P never passed (last: ...)".
+fn probe_never_passed(mode: &ReadyMode, checks: &Checks) -> String {
+    let mut s = format!("the probe {mode} never passed");
+    if let Some(last) = &checks.last_probe {
+        s.push_str(&format!(" (last run: {last})"));
+    }
+    s
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// An error answer.
@@ -1429,13 +2218,15 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
-            ready: ReadyMode::Notify,
+            ready: vec![ReadyMode::Notify],
             ready_timeout: Duration::from_secs(60),
             settle: Duration::ZERO,
             stop_signal: Signal::TERM,
             stop_timeout: Duration::from_secs(30),
             splay: Duration::ZERO,
             reload_signal: None,
+            reload_ready: Vec::new(),
+            signal_scope: SignalScope::Main,
             max_backoff: Duration::from_secs(30),
             backoff_reset: BACKOFF_RESET,
             start_limit_burst: 5,
@@ -1481,6 +2272,8 @@ mod tests {
                     pgid: Some(pid(id)),
                     ready: true,
                     status: Some("serving".into()),
+                    reloading: false,
+                    monotonic_usec: None,
                 },
             )
         }
@@ -1528,10 +2321,21 @@ mod tests {
         100 * id as u32
     }
 
+    /// A signal to generation `id`'s whole process group.
     fn sig(id: u64, signal: Signal) -> Action {
         Action::Signal {
             pgid: pid(id),
             signal,
+            scope: SignalScope::Group,
+        }
+    }
+
+    /// A signal to generation `id`'s main process.
+    fn sig_main(id: u64, signal: Signal) -> Action {
+        Action::Signal {
+            pgid: pid(id),
+            signal,
+            scope: SignalScope::Main,
         }
     }
 
@@ -1597,6 +2401,8 @@ mod tests {
                 pgid: Some(pid(2)),
                 ready: true,
                 status: None,
+                reloading: false,
+                monotonic_usec: None,
             },
         );
         assert_eq!(h.current(), Some(2));
@@ -1626,7 +2432,9 @@ mod tests {
         assert_eq!(h.ids(), vec![1, 2], "stderr still open: lingers");
         h.ev(2000, Event::StderrClosed { id: 1 });
         assert_eq!(h.ids(), vec![2]);
-        assert_eq!(h.m.stats.reloads, 2);
+        // The first start is a start, not a reload.
+        assert_eq!(h.m.stats.reloads, 1);
+        assert_eq!(h.m.stats.starts, 2);
         assert_eq!(h.m.stats.failed_reloads, 0);
     }
 
@@ -2077,12 +2885,13 @@ mod tests {
     }
 
     #[test]
-    fn signals_other_than_hup_term_int_go_to_the_current_generations_group() {
+    fn signals_other_than_hup_term_int_go_to_the_current_generation() {
         let mut h = H::new(settings());
         h.first(0);
+        // --signal-scope main (the default): its main process only.
         assert_eq!(
             h.ev(10, Event::Signal(Signal::USR1)),
-            vec![sig(1, Signal::USR1)]
+            vec![sig_main(1, Signal::USR1)]
         );
         assert_eq!(spawns(&h.ev(10, Event::Signal(Signal::HUP))), vec![2]);
     }
@@ -2099,7 +2908,7 @@ mod tests {
                 reply: Some(ReplyId(1)),
             },
         );
-        assert!(a.contains(&sig(1, Signal::USR2)));
+        assert!(a.contains(&sig_main(1, Signal::USR2)));
         assert_eq!(replies(&a)[0].1["signalled"], "SIGUSR2");
         assert!(spawns(&a).is_empty());
     }
@@ -2107,7 +2916,7 @@ mod tests {
     #[test]
     fn delay_and_exec_readiness() {
         let mut s = settings();
-        s.ready = ReadyMode::Delay(Duration::from_millis(500));
+        s.ready = vec![ReadyMode::Delay(Duration::from_millis(500))];
         let mut h = H::new(s);
         h.ev(0, Event::Start);
         h.spawned(100, 1);
@@ -2116,7 +2925,7 @@ mod tests {
         assert_eq!(h.current(), Some(1));
 
         let mut s = settings();
-        s.ready = ReadyMode::Exec("true".into());
+        s.ready = vec![ReadyMode::Exec("true".into())];
         let mut h = H::new(s);
         h.ev(0, Event::Start);
         let a = h.spawned(0, 1);
@@ -2125,13 +2934,21 @@ mod tests {
             vec![Action::Probe {
                 id: 1,
                 pid: pid(1),
-                command: "true".into()
+                index: 0,
+                mode: ReadyMode::Exec("true".into()),
             }]
         );
         // READY=1 does not count in exec mode.
         h.ready(10, 1);
         assert_eq!(h.current(), None);
-        let a = h.ev(20, Event::ProbePassed { id: 1 });
+        let a = h.ev(
+            20,
+            Event::ProbeResult {
+                id: 1,
+                index: 0,
+                outcome: ProbeOutcome::Pass,
+            },
+        );
         assert_eq!(a[0], Action::CancelProbe { id: 1 });
         assert_eq!(h.current(), Some(1));
     }
@@ -2232,6 +3049,8 @@ mod tests {
                 pgid: None,
                 ready: true,
                 status: None,
+                reloading: false,
+                monotonic_usec: None,
             },
         );
         assert_eq!(replies(&a)[0].0, ReplyId(1));
@@ -2251,6 +3070,8 @@ mod tests {
                 pgid: Some(77),
                 ready: true,
                 status: None,
+                reloading: false,
+                monotonic_usec: None,
             },
         );
         assert_eq!(h.current(), None);

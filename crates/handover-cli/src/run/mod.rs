@@ -98,6 +98,7 @@ mod config;
 mod driver;
 mod machine;
 mod process;
+mod procfs;
 mod reaper;
 mod signals;
 mod sockets;
@@ -112,7 +113,7 @@ use tokio::sync::mpsc;
 use handover::activation::ListenFds;
 use handover::notify::{AsyncNotifySocket, Notifier, NotifySocket};
 
-pub use config::{Bind, Config, ReadyMode};
+pub use config::{Bind, Config, ReadyMode, SignalScope};
 pub use sockets::receive_inherited;
 
 use crate::control;
@@ -123,16 +124,18 @@ fn settings(config: &Config) -> Settings {
     Settings {
         ready: config.ready.clone(),
         ready_timeout: config.ready_timeout,
-        settle: Duration::ZERO,
+        settle: config.settle,
         stop_signal: config.stop_signal,
         stop_timeout: config.stop_timeout,
         splay: config.splay,
         reload_signal: config.reload_signal,
+        reload_ready: config.reload_ready.clone(),
+        signal_scope: config.signal_scope,
         max_backoff: config.max_backoff,
         backoff_reset: machine::BACKOFF_RESET,
         start_limit_burst: config.start_limit_burst,
         start_limit_interval: config.start_limit_interval,
-        max_draining: 1,
+        max_draining: config.max_draining,
     }
 }
 
@@ -159,6 +162,13 @@ fn socket_dir(control_path: &Path) -> Result<PathBuf, String> {
 /// opened a descriptor (see [`receive_inherited`]).
 pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     let sockets = sockets::open_sockets(&config, inherited)?;
+    // An http: probe needs a stream socket to connect to: checked now, not
+    // at the first reload.
+    for mode in config.ready.iter().chain(&config.reload_ready) {
+        if let ReadyMode::Http { socket, .. } = mode {
+            process::probe_target(&sockets, socket.as_deref())?;
+        }
+    }
     let dir = socket_dir(&config.control)?;
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
@@ -232,6 +242,8 @@ async fn listen_notify(sock: AsyncNotifySocket, events: mpsc::UnboundedSender<Ev
                     pgid,
                     ready: msg.is_ready(),
                     status: msg.status().map(str::to_string),
+                    reloading: msg.is_reloading(),
+                    monotonic_usec: msg.get("MONOTONIC_USEC").and_then(|v| v.parse().ok()),
                 };
                 if events.send(event).is_err() {
                     return;
