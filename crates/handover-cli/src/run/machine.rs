@@ -2290,6 +2290,14 @@ mod tests {
             assert_eq!(self.current(), Some(1));
         }
 
+        /// The first generation, made ready by `ready`.
+        fn first_with(&mut self, ms: u64, ready: impl FnOnce(&mut H)) {
+            self.ev(ms, Event::Start);
+            self.spawned(ms, 1);
+            ready(self);
+            assert_eq!(self.current(), Some(1));
+        }
+
         /// Main process reaped, group empty, stderr closed.
         fn gone(&mut self, ms: u64, id: u64, status: Status) -> Vec<Action> {
             let mut a = self.ev(
@@ -2315,6 +2323,56 @@ mod tests {
         fn ids(&self) -> Vec<u64> {
             self.m.gens.iter().map(|g| g.id).collect()
         }
+
+        /// A notify datagram from generation `id`'s main process.
+        fn notice(
+            &mut self,
+            ms: u64,
+            id: u64,
+            ready: bool,
+            reloading: bool,
+            usec: Option<u64>,
+        ) -> Vec<Action> {
+            self.ev(
+                ms,
+                Event::Notify {
+                    pid: pid(id),
+                    pgid: Some(pid(id)),
+                    ready,
+                    status: None,
+                    reloading,
+                    monotonic_usec: usec,
+                },
+            )
+        }
+
+        fn probe(&mut self, ms: u64, id: u64, index: usize, outcome: ProbeOutcome) -> Vec<Action> {
+            self.ev(ms, Event::ProbeResult { id, index, outcome })
+        }
+
+        /// A reload asked for with reply `r`, its generation `id` spawned.
+        fn reload(&mut self, ms: u64, r: u64, id: u64) -> Vec<Action> {
+            let mut a = self.ev(
+                ms,
+                Event::Reload {
+                    reply: Some(ReplyId(r)),
+                },
+            );
+            a.extend(self.spawned(ms, id));
+            a
+        }
+    }
+
+    /// `MONOTONIC_USEC=` of the time `t(ms)`.
+    fn usec(ms: u64) -> u64 {
+        t(ms).since(Mono::at(Duration::ZERO)).as_micros() as u64
+    }
+
+    fn error_of(actions: &[Action]) -> String {
+        let r = replies(actions);
+        assert_eq!(r.len(), 1, "{actions:?}");
+        assert_eq!(r[0].1["ok"], false, "{r:?}");
+        r[0].1["error"].as_str().unwrap().to_string()
     }
 
     fn pid(id: u64) -> u32 {
@@ -3075,5 +3133,611 @@ mod tests {
             },
         );
         assert_eq!(h.current(), None);
+    }
+
+    #[test]
+    fn a_new_generation_that_dies_while_it_settles_fails_the_reload_and_nothing_restarts() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        h.reload(1000, 1, 2);
+        let a = h.ready(1300, 2);
+        // Ready, but the old one serves on: no stop signal, no answer yet.
+        assert!(!a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        assert!(replies(&a).is_empty());
+        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.m.next_deadline(), Some(t(3300)));
+        // Its workers fail to boot; the master says why and exits.
+        h.ev(
+            1400,
+            Event::Stderr {
+                id: 2,
+                lines: vec![
+                    "[INFO] Booting worker with pid: 17".into(),
+                    "[ERROR] Exception in worker process".into(),
+                    "Traceback (most recent call last):".into(),
+                    "  File \"/srv/app.py\", line 6".into(),
+                    "    def broken(".into(),
+                    "              ^".into(),
+                    "SyntaxError: '(' was never closed".into(),
+                    "[ERROR] Exception in worker process".into(),
+                ]
+                .into_iter()
+                .chain((0..30).map(|i| format!("  noise {i}")))
+                .chain(["[ERROR] Reason: Worker failed to boot.".to_string()])
+                .collect(),
+            },
+        );
+        let a = h.gone(1500, 2, Status::Code(3));
+        let e = error_of(&a);
+        assert!(
+            e.starts_with("the new generation 2 (pid 200) exited while it settled, after it was ready: it exited with code 3"),
+            "{e}"
+        );
+        // The lines that say why, though far from the last ones, once each.
+        assert!(
+            e.contains("its stderr lines that look like the cause:\n[ERROR] Exception in worker process\n  File \"/srv/app.py\", line 6\n    def broken(\n              ^\nSyntaxError: '(' was never closed\n"),
+            "{e}"
+        );
+        assert_eq!(e.matches("Exception in worker process").count(), 1, "{e}");
+        assert!(e.contains("its last stderr lines:\n"), "{e}");
+        assert!(e.ends_with("[ERROR] Reason: Worker failed to boot."), "{e}");
+        // The old generation serves on, alone; no crash restart of the new
+        // version is scheduled.
+        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.ids(), vec![1]);
+        assert_eq!(h.m.restarts.due, None);
+        assert!(spawns(&h.ev(60_000, Event::Tick)).is_empty());
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert_eq!(h.m.stats.restarts, 0);
+        assert_eq!(h.m.stats.last_reload.as_ref().unwrap()["ok"], false);
+    }
+
+    #[test]
+    fn the_first_start_does_not_settle() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        assert_eq!(h.m.stats.reloads, 0);
+        assert_eq!(h.m.stats.starts, 1);
+    }
+
+    #[test]
+    fn a_reload_answer_says_how_long_it_settled() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        h.reload(1000, 1, 2);
+        h.ready(1300, 2);
+        let a = h.ev(3300, Event::Tick);
+        let r = replies(&a);
+        assert_eq!(r[0].1["ready_after_ms"], 300.0);
+        assert_eq!(r[0].1["settled_ms"], 2000.0);
+        assert_eq!(r[0].1["took_ms"], 2300.0);
+        assert!(a.contains(&sig(1, Signal::TERM)));
+    }
+
+    #[test]
+    fn every_readiness_condition_must_hold_in_any_order() {
+        let mut s = settings();
+        s.ready = vec![
+            ReadyMode::Notify,
+            ReadyMode::Http {
+                socket: None,
+                path: "/health".into(),
+            },
+            ReadyMode::Delay(Duration::from_millis(500)),
+        ];
+        let mut h = H::new(s);
+        h.ev(0, Event::Start);
+        let a = h.spawned(0, 1);
+        assert_eq!(
+            a,
+            vec![Action::Probe {
+                id: 1,
+                pid: pid(1),
+                index: 1,
+                mode: ReadyMode::Http {
+                    socket: None,
+                    path: "/health".into()
+                },
+            }]
+        );
+        h.probe(100, 1, 1, ProbeOutcome::Pass);
+        h.ready(200, 1);
+        assert_eq!(h.current(), None, "the delay is not over");
+        // A probe that fails again takes its pass back.
+        h.probe(300, 1, 1, ProbeOutcome::Fail("answered 503".into()));
+        h.ev(500, Event::Tick);
+        assert_eq!(h.current(), None);
+        // Another generation answering proves nothing either way.
+        h.probe(600, 1, 1, ProbeOutcome::Unsure("another generation".into()));
+        assert_eq!(h.current(), None);
+        let a = h.probe(700, 1, 1, ProbeOutcome::Pass);
+        assert_eq!(h.current(), Some(1));
+        assert!(a.contains(&Action::CancelProbe { id: 1 }));
+        // A deadline in the past is never asked for again.
+        assert_eq!(h.m.next_deadline(), Some(t(10_700)));
+    }
+
+    #[test]
+    fn a_probe_that_never_passes_is_named_in_the_error_with_its_last_run() {
+        let mut s = settings();
+        s.ready = vec![
+            ReadyMode::Notify,
+            ReadyMode::Http {
+                socket: None,
+                path: "/health".into(),
+            },
+        ];
+        s.ready_timeout = Duration::from_secs(5);
+        let mut h = H::new(s);
+        h.first_with(0, |h| {
+            h.ready(10, 1);
+            h.probe(20, 1, 1, ProbeOutcome::Pass);
+        });
+        h.reload(1000, 1, 2);
+        h.ready(1100, 2);
+        h.probe(
+            1200,
+            2,
+            1,
+            ProbeOutcome::Unsure("another generation accepted its connection".into()),
+        );
+        let a = h.ev(6000, Event::Tick);
+        assert!(a.contains(&Action::CancelProbe { id: 2 }), "{a:?}");
+        let a = h.gone(6100, 2, Status::Code(0));
+        let e = error_of(&a);
+        assert!(
+            e.contains("was not ready within 5s: the probe http:/health never passed (last run: the probe http:/health: another generation accepted its connection)"),
+            "{e}"
+        );
+        assert!(!e.contains("NOTIFY_SOCKET"), "READY=1 came: {e}");
+    }
+
+    #[test]
+    fn a_probe_that_fails_while_the_generation_settles_fails_the_reload() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        s.ready = vec![ReadyMode::Exec("check".into())];
+        let mut h = H::new(s);
+        h.first_with(0, |h| {
+            h.probe(10, 1, 0, ProbeOutcome::Pass);
+        });
+        h.reload(1000, 1, 2);
+        let a = h.probe(1100, 2, 0, ProbeOutcome::Pass);
+        assert!(
+            !a.contains(&Action::CancelProbe { id: 2 }),
+            "probes go on while it settles"
+        );
+        assert_eq!(h.state(2).map(GenState::name), Some("settling"));
+        let a = h.probe(1300, 2, 0, ProbeOutcome::Fail("exited with code 1".into()));
+        assert!(a.contains(&Action::CancelProbe { id: 2 }), "{a:?}");
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        let e = error_of(&h.gone(1400, 2, Status::Code(0)));
+        assert!(
+            e.contains("failed its readiness probe while it settled, after it was ready: the probe exec:check exited with code 1"),
+            "{e}"
+        );
+        assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn reloads_do_not_wait_for_draining_generations_up_to_max_draining() {
+        let mut s = settings();
+        s.max_draining = 2;
+        let mut h = H::new(s);
+        h.first(0);
+        h.reload(1000, 1, 2);
+        h.ready(1100, 2);
+        // Generation 1 drains (a long request); the next reload starts now.
+        let a = h.reload(1200, 2, 3);
+        assert_eq!(spawns(&a), vec![3]);
+        let a = h.ready(1300, 3);
+        assert_eq!(replies(&a)[0].1["generation"], 3);
+        assert_eq!(h.m.draining_replaced(), 2);
+        // Each keeps its own stop deadline.
+        let kill_at = |h: &H, id| match h.state(id) {
+            Some(GenState::Draining(e)) => e.kill_at,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kill_at(&h, 1), Some(t(31_100)));
+        assert_eq!(kill_at(&h, 2), Some(t(31_300)));
+        // A third reload would make three drain: it waits.
+        let a = h.ev(
+            1400,
+            Event::Reload {
+                reply: Some(ReplyId(3)),
+            },
+        );
+        assert!(spawns(&a).is_empty(), "{a:?}");
+        assert!(
+            statuses(&a)
+                .iter()
+                .any(|s| s.starts_with("reload waits: 2 old generation(s) still drain")),
+            "{a:?}"
+        );
+        // Generation 1 reaches its stop timeout first: SIGKILL, gone, and the
+        // waiting reload starts.
+        assert!(h.ev(31_100, Event::Tick).contains(&sig(1, Signal::KILL)));
+        assert!(!h.ev(31_100, Event::Tick).contains(&sig(2, Signal::KILL)));
+        let a = h.gone(
+            31_150,
+            1,
+            Status::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        assert_eq!(spawns(&a), vec![4]);
+    }
+
+    #[test]
+    fn with_max_draining_1_at_most_two_generations_exist() {
+        let mut s = settings();
+        s.settle = Duration::from_millis(500);
+        let mut h = H::new(s);
+        h.first(0);
+        let mut most = 0;
+        let mut now = 1000;
+        for r in 1..=5u64 {
+            h.ev(
+                now,
+                Event::Reload {
+                    reply: Some(ReplyId(r)),
+                },
+            );
+            most = most.max(h.ids().len());
+        }
+        for id in 2..=3u64 {
+            h.spawned(now, id);
+            h.ready(now + 100, id);
+            most = most.max(h.ids().len());
+            now += 600;
+            h.ev(now, Event::Tick);
+            most = most.max(h.ids().len());
+            h.gone(now + 100, id - 1, Status::Code(0));
+            most = most.max(h.ids().len());
+            now += 200;
+        }
+        assert_eq!(most, 2);
+        assert_eq!(h.current(), Some(3));
+    }
+
+    fn in_place(reload_ready: Vec<ReadyMode>) -> H {
+        let mut s = settings();
+        s.reload_signal = Some(Signal::USR2);
+        s.reload_ready = reload_ready;
+        s.settle = Duration::from_secs(1);
+        s.ready_timeout = Duration::from_secs(10);
+        let mut h = H::new(s);
+        h.first(0);
+        h
+    }
+
+    #[test]
+    fn an_in_place_reload_waits_for_reloading_then_ready_then_the_settle_window() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert_eq!(
+            a,
+            vec![Action::Notify(Sd::Reloading), sig_main(1, Signal::USR2)]
+        );
+        // READY=1 before RELOADING=1 (a periodic one, say) does not count;
+        // nor does a RELOADING=1 from before the signal.
+        assert!(replies(&h.notice(1010, 1, true, false, None)).is_empty());
+        assert!(replies(&h.notice(1020, 1, false, true, Some(usec(900)))).is_empty());
+        h.notice(1030, 1, true, false, None);
+        assert!(!h.m.in_place.as_ref().unwrap().checks.reloading_sent);
+        h.notice(1100, 1, false, true, Some(usec(1050)));
+        let a = h.notice(1500, 1, true, false, None);
+        assert!(replies(&a).is_empty(), "it settles first");
+        assert_eq!(h.m.next_deadline(), Some(t(2500)));
+        let a = h.ev(2500, Event::Tick);
+        let r = replies(&a);
+        assert_eq!(r[0].1["ok"], true);
+        assert_eq!(r[0].1["in_place"], true);
+        assert_eq!(r[0].1["pid"], pid(1));
+        assert_eq!(r[0].1["ready_after_ms"], 500.0);
+        assert!(a.contains(&Action::Notify(Sd::Ready("serving".into()))));
+        assert_eq!(h.m.stats.reloads, 1);
+        assert_eq!(h.m.stats.starts, 1, "no generation was started");
+        assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn an_in_place_reload_that_never_says_ready_fails_at_the_timeout() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.notice(1100, 1, false, true, None);
+        let a = h.ev(11_000, Event::Tick);
+        let e = error_of(&a);
+        assert!(
+            e.starts_with("the in-place reload (SIGUSR2 to pid 100) was not done within 10s: it sent RELOADING=1 but not READY=1"),
+            "{e}"
+        );
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert!(h.m.in_place.is_none());
+        // It never said RELOADING=1 at all: the error says what is expected.
+        h.ev(
+            12_000,
+            Event::Reload {
+                reply: Some(ReplyId(2)),
+            },
+        );
+        let e = error_of(&h.ev(22_000, Event::Tick));
+        assert!(
+            e.contains("it never sent RELOADING=1") && e.contains("Type=notify-reload"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_program_that_dies_during_its_in_place_reload_fails_it_with_its_stderr_then_restarts() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.notice(1100, 1, false, true, None);
+        h.ev(
+            1200,
+            Event::Stderr {
+                id: 1,
+                lines: vec!["config error: unknown key 'wrokers'".into()],
+            },
+        );
+        let a = h.ev(
+            1300,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        assert!(replies(&a).is_empty(), "answered once its stderr is in");
+        let mut a = h.ev(1300, Event::GroupEmpty { id: 1 });
+        a.extend(h.ev(1300, Event::StderrClosed { id: 1 }));
+        let e = error_of(&a);
+        assert!(
+            e.starts_with(
+                "generation 1 (pid 100) exited with code 1 during its in-place reload (SIGUSR2)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("config error: unknown key 'wrokers'"), "{e}");
+        // Nothing serves: a crash restart is due, as for any crash.
+        assert!(h.m.restarts.due.is_some());
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert_eq!(
+            h.m.stats.last_crash.as_ref().unwrap()["status"],
+            "exited with code 1"
+        );
+    }
+
+    #[test]
+    fn reloads_during_an_in_place_reload_are_answered_by_the_next_one() {
+        let mut h = in_place(Vec::new());
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert!(a.contains(&sig_main(1, Signal::USR2)));
+        let a = h.ev(
+            1100,
+            Event::Reload {
+                reply: Some(ReplyId(2)),
+            },
+        );
+        assert!(a.is_empty(), "{a:?}");
+        h.ev(
+            1200,
+            Event::Reload {
+                reply: Some(ReplyId(3)),
+            },
+        );
+        // Without --reload-ready: done once it stayed up for the settle window.
+        let a = h.ev(2000, Event::Tick);
+        assert_eq!(
+            replies(&a).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![ReplyId(1)]
+        );
+        assert!(
+            a.contains(&sig_main(1, Signal::USR2)),
+            "the next one starts: {a:?}"
+        );
+        let a = h.ev(3000, Event::Tick);
+        assert_eq!(
+            replies(&a).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![ReplyId(2), ReplyId(3)]
+        );
+        assert_eq!(h.m.stats.reloads, 2);
+    }
+
+    #[test]
+    fn in_place_probes_run_after_the_signal_and_a_failure_while_settling_fails_it() {
+        let mut h = in_place(vec![ReadyMode::Exec("check".into())]);
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert!(a.contains(&Action::Probe {
+            id: 1,
+            pid: pid(1),
+            index: 0,
+            mode: ReadyMode::Exec("check".into())
+        }));
+        h.probe(1100, 1, 0, ProbeOutcome::Pass);
+        let a = h.probe(1300, 1, 0, ProbeOutcome::Fail("exited with code 2".into()));
+        assert!(a.contains(&Action::CancelProbe { id: 1 }));
+        let e = error_of(&a);
+        assert!(
+            e.contains("reloaded in place, then failed a readiness probe while it settled: the probe exec:check exited with code 2"),
+            "{e}"
+        );
+        assert!(a.contains(&Action::Notify(Sd::Ready(format!("reload failed: {e}")))));
+    }
+
+    #[test]
+    fn the_splay_delays_the_reload_signal() {
+        let mut s = settings();
+        s.reload_signal = Some(Signal::HUP);
+        s.splay = Duration::from_secs(1);
+        let mut h = H::new(s);
+        h.first(0);
+        let a = h.ev(1000, Event::Reload { reply: None });
+        let due = h.m.in_place.as_ref().unwrap().signal_at;
+        if let Some(at) = due {
+            assert!(!a.contains(&sig_main(1, Signal::HUP)));
+            assert!(at < t(2000));
+            assert_eq!(h.m.next_deadline(), Some(at));
+            let ms = at.since(t(0)).as_millis() as u64 + 1;
+            assert!(h.ev(ms, Event::Tick).contains(&sig_main(1, Signal::HUP)));
+        } else {
+            assert!(
+                a.contains(&sig_main(1, Signal::HUP)),
+                "a zero splay: at once"
+            );
+        }
+    }
+
+    #[test]
+    fn with_signal_scope_group_forwarded_signals_reach_the_workers() {
+        let mut s = settings();
+        s.signal_scope = SignalScope::Group;
+        let mut h = H::new(s);
+        h.first(0);
+        assert_eq!(
+            h.ev(10, Event::Signal(Signal::WINCH)),
+            vec![sig(1, Signal::WINCH)]
+        );
+    }
+
+    #[test]
+    fn counters_keep_starts_reloads_and_crash_restarts_apart_and_a_crash_marks_the_last_reload() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.reload(1000, 1, 2);
+        h.ready(1100, 2);
+        h.gone(1200, 1, Status::Code(0));
+        assert_eq!(h.m.stats.last_reload.as_ref().unwrap()["generation"], 2);
+        // The generation the reload made current dies: a crash restart, and
+        // the last reload says so.
+        h.ev(
+            5000,
+            Event::Exited {
+                pid: pid(2),
+                status: Status::Code(1),
+            },
+        );
+        let last = h.m.stats.last_reload.clone().unwrap();
+        assert_eq!(last["ok"], true);
+        assert_eq!(last["crashed"]["status"], "exited with code 1");
+        assert_eq!(last["crashed"]["uptime_ms"], 3900.0);
+        h.ev(5100, Event::Tick);
+        h.spawned(5100, 3);
+        h.ready(5200, 3);
+        assert_eq!(
+            (h.m.stats.starts, h.m.stats.reloads, h.m.stats.restarts),
+            (3, 1, 1)
+        );
+        // A failed restart is not a failed reload.
+        h.ev(
+            6000,
+            Event::Exited {
+                pid: pid(3),
+                status: Status::Code(1),
+            },
+        );
+        h.ev(6300, Event::Tick);
+        h.spawned(6300, 4);
+        h.gone(6400, 4, Status::Code(1));
+        assert_eq!(h.m.stats.failed_reloads, 0);
+        assert_eq!(h.m.restarts.attempt, 3, "a crash loop");
+    }
+
+    #[test]
+    fn cause_lines_are_kept_once_and_capped() {
+        let mut g = Generation {
+            id: 1,
+            pid: Some(1),
+            purpose: Purpose::First,
+            state: GenState::Current { since: t(0) },
+            started: t(0),
+            started_unix_ms: 0,
+            ready_after: None,
+            status: None,
+            notified: false,
+            stderr: VecDeque::new(),
+            cause: Vec::new(),
+            stderr_closed: false,
+        };
+        for i in 0..100 {
+            g.push_stderr(format!("[{i}] [ERROR] worker {i} failed"));
+            g.push_stderr(format!("request {i} served"));
+        }
+        assert_eq!(
+            g.cause,
+            vec!["[#] [ERROR] worker # failed".replace('#', "0")]
+        );
+        for i in 0..100 {
+            g.push_stderr(format!("error number {} of a kind", "x".repeat(i)));
+        }
+        assert_eq!(g.cause.len(), CAUSE_LINES);
+        g.push_stderr("y".repeat(5000));
+        assert_eq!(g.stderr.back().unwrap().len(), 1000);
+        assert!(looks_like_a_cause(
+            "thread 'main' panicked at src/main.rs:3:5"
+        ));
+        assert!(looks_like_a_cause(
+            "Error: Os { code: 98, kind: AddrInUse }"
+        ));
+        assert!(!looks_like_a_cause("Traceback (most recent call last):"));
+        assert!(!looks_like_a_cause("listening on 127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn a_machine_in_the_middle_of_an_in_place_reload_serializes() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.notice(1100, 1, false, true, None);
+        let text = serde_json::to_string(&h.m).unwrap();
+        let mut m: Machine = serde_json::from_str(&text).unwrap();
+        m.handle(
+            t(1200),
+            Event::Notify {
+                pid: pid(1),
+                pgid: None,
+                ready: true,
+                status: None,
+                reloading: false,
+                monotonic_usec: None,
+            },
+        );
+        let a = m.handle(t(2200), Event::Tick);
+        assert_eq!(replies(&a)[0].1["in_place"], true);
     }
 }
