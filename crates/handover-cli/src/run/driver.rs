@@ -34,7 +34,15 @@ const LAST_ANSWER: Duration = Duration::from_secs(2);
 
 /// How long a count of open connections is shown again before it is
 /// counted anew.
-const CONNECTIONS_FRESH: Duration = Duration::from_millis(250);
+const CONNECTIONS_FRESH: Duration = Duration::from_secs(1);
+
+/// Open connections per generation (see `Driver::connections`).
+#[derive(Default)]
+struct Counts {
+    at: Option<std::time::Instant>,
+    counting: bool,
+    by_generation: HashMap<u64, usize>,
+}
 
 pub(super) struct Driver {
     pub(super) config: Config,
@@ -55,9 +63,8 @@ pub(super) struct Driver {
     probes: HashMap<(u64, usize), JoinHandle<()>>,
     /// Where the listening sockets are, to count connections for `status`.
     listening: procfs::Listening,
-    /// Open connections per generation, as last counted (for `status`),
-    /// and when.
-    connections: Option<(std::time::Instant, HashMap<u64, usize>)>,
+    /// Open connections per generation, as last counted (for `status`).
+    connections: Arc<std::sync::Mutex<Counts>>,
     /// Process groups of ending generations, by generation.
     watched: HashMap<u64, u32>,
 }
@@ -100,7 +107,7 @@ impl Driver {
             written: Vec::new(),
             probes: HashMap::new(),
             listening,
-            connections: None,
+            connections: Arc::default(),
             watched: HashMap::new(),
         }
     }
@@ -174,24 +181,36 @@ impl Driver {
         });
     }
 
-    /// Open connections of each generation (from `/proc`), counted at most
-    /// every [`CONNECTIONS_FRESH`]: `status` may be polled often.
+    /// Open connections of each generation, as last counted. Counting reads
+    /// `/proc` and asks the kernel, which takes a while on a busy machine:
+    /// it runs on a blocking thread, at most once per
+    /// [`CONNECTIONS_FRESH`], started by a `status` request; the driver never
+    /// waits for it (a count is up to that old, and missing at first).
     fn connections(&mut self, machine: &Machine) -> HashMap<u64, usize> {
-        if let Some((at, counts)) = &self.connections
-            && at.elapsed() < CONNECTIONS_FRESH
-        {
-            return counts.clone();
+        let mut counts = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = !counts.counting && counts.at.is_none_or(|at| at.elapsed() >= CONNECTIONS_FRESH);
+        if due {
+            counts.counting = true;
+            let pgids: Vec<(u64, u32)> = machine
+                .gens
+                .iter()
+                .filter_map(|g| Some((g.id, g.pid?)))
+                .collect();
+            let (listening, shared) = (self.listening.clone(), self.connections.clone());
+            tokio::task::spawn_blocking(move || {
+                let found = procfs::connections(&pgids, &listening);
+                let mut c = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                c.by_generation = found.into_iter().collect();
+                c.at = Some(std::time::Instant::now());
+                c.counting = false;
+            });
         }
-        let counts: HashMap<u64, usize> = machine
-            .gens
-            .iter()
-            .filter_map(|g| {
-                let n = procfs::connections(g.pid?, &self.listening)?;
-                Some((g.id, n))
-            })
-            .collect();
-        self.connections = Some((std::time::Instant::now(), counts.clone()));
-        counts
+        counts.by_generation.clone()
     }
 
     /// Reports groups of ending generations that have no process left.

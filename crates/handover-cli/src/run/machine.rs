@@ -531,13 +531,7 @@ impl Generation {
     /// part headed, empty when there is nothing.
     pub fn report(&self, n: usize) -> String {
         let tail = self.tail(n);
-        let shown: Vec<&str> = tail.lines().collect();
-        let cause: Vec<&str> = self
-            .cause
-            .iter()
-            .map(String::as_str)
-            .filter(|c| !shown.contains(c))
-            .collect();
+        let cause = self.cause_not_in_tail(n);
         let mut out = String::new();
         if !cause.is_empty() {
             out.push_str("\nits stderr lines that look like the cause:\n");
@@ -548,6 +542,17 @@ impl Generation {
             out.push_str(&tail);
         }
         out
+    }
+
+    /// The cause lines that are not among the last `n` lines.
+    pub fn cause_not_in_tail(&self, n: usize) -> Vec<&str> {
+        let skip = self.stderr.len().saturating_sub(n);
+        let shown: Vec<&String> = self.stderr.iter().skip(skip).collect();
+        self.cause
+            .iter()
+            .filter(|c| !shown.contains(c))
+            .map(String::as_str)
+            .collect()
     }
 
     fn label(&self) -> String {
@@ -1680,7 +1685,7 @@ impl Machine {
                 let uptime = now.since(since);
                 tracing::error!(
                     generation = id, pid, status = %status, uptime = ?uptime,
-                    stderr = %g.report(5),
+                    stderr = %g.tail(5), cause = %g.cause_not_in_tail(5).join("\n"),
                     "the current generation died on its own; starting a new one"
                 );
                 self.crashed(now, id, pid, status, uptime, out);

@@ -97,56 +97,47 @@ impl Listening {
     }
 }
 
-/// Open connections that processes of group `pgid` accepted on the
-/// listening sockets (TCP in any state but LISTEN, Unix connected), or
-/// `None` when `/proc` cannot tell.
-pub(super) fn connections(pgid: u32, listening: &Listening) -> Option<usize> {
-    let members = group_members(pgid);
-    if members.is_empty() {
-        return Some(0);
-    }
-    let mut inodes = HashSet::new();
-    for pid in members {
-        socket_inodes(pid, &mut inodes);
-    }
-    let mut n = 0;
-    let mut readable = false;
-    if !listening.tcp_ports.is_empty() {
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            if let Ok(text) = std::fs::read_to_string(table) {
-                readable = true;
-                n += count_tcp(&text, &listening.tcp_ports, &inodes);
+/// Open connections that processes of each group in `pgids` accepted on
+/// the listening sockets (TCP with a process holding it, Unix connected);
+/// a group is left out when the kernel cannot tell. It reads `/proc` and
+/// asks `sock_diag` (which filters by port in the kernel, so thousands of
+/// other sockets, or `TIME_WAIT` ones, cost little): run it off the driver.
+pub(super) fn connections(pgids: &[(u64, u32)], listening: &Listening) -> Vec<(u64, usize)> {
+    let mut tcp = HashSet::new();
+    let mut tcp_known = listening.tcp_ports.is_empty();
+    if let Ok(diag) = Diag::open() {
+        tcp_known = true;
+        for &port in &listening.tcp_ports {
+            match diag.tcp_inodes_on_port(port) {
+                Ok(found) => tcp.extend(found),
+                Err(e) => {
+                    tracing::debug!(error = %e, "sock_diag dump");
+                    tcp_known = false;
+                }
             }
         }
     }
-    if !listening.unix_paths.is_empty()
-        && let Ok(text) = std::fs::read_to_string("/proc/net/unix")
-    {
-        readable = true;
-        n += count_unix(&text, &listening.unix_paths, &inodes);
+    let unix = if listening.unix_paths.is_empty() {
+        Some(String::new())
+    } else {
+        std::fs::read_to_string("/proc/net/unix").ok()
+    };
+    if !tcp_known || unix.is_none() {
+        return Vec::new();
     }
-    readable.then_some(n)
-}
-
-/// Rows of `/proc/net/tcp{,6}` with a local port in `ports`, not listening
-/// (`st` 0A), and an inode in `inodes`.
-fn count_tcp(table: &str, ports: &[u16], inodes: &HashSet<u64>) -> usize {
-    table
-        .lines()
-        .skip(1)
-        .filter(|row| {
-            let f: Vec<&str> = row.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                return false;
-            };
-            let port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            port.is_some_and(|p| ports.contains(&p))
-                && *state != "0A"
-                && inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i))
+    let unix = unix.unwrap_or_default();
+    pgids
+        .iter()
+        .map(|&(id, pgid)| {
+            let mut inodes = HashSet::new();
+            for pid in group_members(pgid) {
+                socket_inodes(pid, &mut inodes);
+            }
+            let n = inodes.intersection(&tcp).count()
+                + count_unix(&unix, &listening.unix_paths, &inodes);
+            (id, n)
         })
-        .count()
+        .collect()
 }
 
 /// Rows of `/proc/net/unix` for a path in `paths`, connected (`St` 03),
@@ -170,6 +161,8 @@ fn count_unix(table: &str, paths: &[PathBuf], inodes: &HashSet<u64>) -> usize {
 // sock_diag(7): netlink messages, native byte order except where noted.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const TCP_LISTEN: u8 = 10;
@@ -273,6 +266,76 @@ impl Diag {
         ]))))
     }
 
+    /// The inodes of the TCP sockets (IPv4 and IPv6) whose local port is
+    /// `port`, in any state where a process can hold them (not LISTEN, not
+    /// TIME_WAIT): the connections accepted on a listener of that port
+    /// (outgoing connections have other local ports).
+    pub(super) fn tcp_inodes_on_port(&self, port: u16) -> std::io::Result<Vec<u64>> {
+        // ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+        let states: u32 = [1u32, 4, 5, 8, 9, 11].iter().map(|s| 1 << s).sum();
+        let mut out = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let mut req = vec![family, libc::IPPROTO_TCP as u8, 0, 0];
+            req.extend_from_slice(&states.to_ne_bytes());
+            // The kernel skips sockets whose local port is not this one.
+            req.extend_from_slice(&port.to_be_bytes());
+            req.extend_from_slice(&[0u8; 2 + 16 + 16 + 4]);
+            req.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+            req.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+            self.dump(&req, |msg| {
+                if msg.len() >= 72 && u16::from_be_bytes([msg[4], msg[5]]) == port {
+                    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
+                    if inode != 0 {
+                        out.push(u64::from(inode));
+                    }
+                }
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Sends `payload` as a `SOCK_DIAG_BY_FAMILY` dump request and hands the
+    /// payload of every answer to `each`.
+    fn dump(&self, payload: &[u8], mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        msg.extend_from_slice(&2u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(payload);
+        rustix::net::send(self.0.as_fd(), &msg, SendFlags::empty())?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let (n, _) = rustix::net::recv(self.0.as_fd(), &mut buf[..], RecvFlags::empty())?;
+            let mut at = 0;
+            while at + NLMSG_HDRLEN <= n {
+                let b = &buf[at..n];
+                let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let kind = u16::from_ne_bytes([b[4], b[5]]);
+                if mlen < NLMSG_HDRLEN || mlen > b.len() {
+                    return Err(std::io::Error::other("sock_diag: malformed answer"));
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let errno = b
+                            .get(16..20)
+                            .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+                            .unwrap_or(0);
+                        return Err(std::io::Error::from_raw_os_error(-errno));
+                    }
+                    _ => each(&b[NLMSG_HDRLEN..mlen]),
+                }
+                at += (mlen + 3) & !3;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// The inode of the peer of Unix socket `inode` (the server side of a
     /// connection this process made: 0 while it waits in the accept queue),
     /// or `None` when the kernel does not say.
@@ -351,7 +414,13 @@ mod tests {
         let mut l = Listening::default();
         l.add(listener.as_fd());
         assert_eq!(l.tcp_ports, vec![server.port()]);
-        assert!(connections(me, &l).unwrap() >= 1);
+        let counted = connections(&[(1, me)], &l);
+        assert_eq!(counted, vec![(1, 1)]);
+        assert!(
+            diag.tcp_inodes_on_port(server.port())
+                .unwrap()
+                .contains(&inode)
+        );
         drop(accepted);
     }
 
@@ -376,18 +445,11 @@ mod tests {
         l.add(listener.as_fd());
         assert_eq!(l.unix_paths, vec![path.clone()]);
         let me = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
-        assert_eq!(connections(me, &l), Some(1));
+        assert_eq!(connections(&[(7, me)], &l), vec![(7, 1)]);
     }
 
     #[test]
-    fn proc_net_rows_are_counted_by_port_state_and_inode() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0\n\
-   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0\n\
-   2: 0100007F:1F90 0100007F:D2F2 08 00000000:00000000 00:00000000 00000000     0        0 102 1 0\n\
-   3: 0100007F:1F91 0100007F:D2F4 01 00000000:00000000 00:00000000 00000000     0        0 103 1 0\n";
-        let inodes: HashSet<u64> = [100, 101, 102, 103].into();
-        assert_eq!(count_tcp(tcp, &[0x1F90], &inodes), 2);
+    fn proc_net_unix_rows_are_counted_by_path_state_and_inode() {
         let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
 0000000000000000: 00000002 00000000 00010000 0001 01 200 /run/a.sock\n\
 0000000000000000: 00000003 00000000 00000000 0001 03 201 /run/a.sock\n\
