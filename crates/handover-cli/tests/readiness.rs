@@ -23,7 +23,7 @@ const READY_THEN_DIES: &str = include_str!("servers/ready_then_dies.py");
 
 /// A program whose every start is chosen by the file `mode` in its own
 /// directory: `ok` runs server.py, `ready-dies` runs ready_then_dies.py,
-/// `slow` runs server.py that serves (and says ready) only after 2 s.
+/// `slow` runs server.py that serves (and says ready) only after 3 s.
 struct Program {
     dir: tempfile::TempDir,
 }
@@ -38,7 +38,7 @@ impl Program {
         write_script(
             &d.join("run.sh"),
             &format!(
-                "#!/bin/sh\nd='{d}'\ncase \"$(cat \"$d/mode\")\" in\n  ready-dies) exec python3 \"$d/ready_then_dies.py\";;\n  slow) export SERVER_START_DELAY_MS=2000;;\nesac\nexec python3 \"$d/server.py\"\n",
+                "#!/bin/sh\nd='{d}'\ncase \"$(cat \"$d/mode\")\" in\n  ready-dies) exec python3 \"$d/ready_then_dies.py\";;\n  slow) export SERVER_START_DELAY_MS=3000;;\nesac\nexec python3 \"$d/server.py\"\n",
                 d = d.display()
             ),
         );
@@ -153,12 +153,13 @@ fn a_generation_that_says_ready_and_dies_fails_the_reload_and_the_old_one_serves
 /// A WSGI application that answers `pid=<its process group>` (the
 /// generation's pid: gunicorn's master leads the group its workers are in),
 /// after an import that takes APP_IMPORT_SECONDS.
-const APP_PY: &str = "import os, time\n\
-time.sleep(float(os.environ.get('APP_IMPORT_SECONDS', '0')))\n\
-def app(environ, start_response):\n\
-    body = ('pid=%d\\n' % os.getpgrp()).encode()\n\
-    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n\
-    return [body]\n";
+const APP_PY: &str = r#"import os, time
+time.sleep(float(os.environ.get('APP_IMPORT_SECONDS', '0')))
+def app(environ, start_response):
+    body = ('pid=%d\n' % os.getpgrp()).encode()
+    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])
+    return [body]
+"#;
 
 fn gunicorn(dir: &Path) -> Vec<String> {
     [
@@ -287,14 +288,15 @@ fn with_an_http_probe_a_slow_gunicorn_app_is_ready_only_once_a_worker_answers() 
 
 /// A probe script: GET / on 127.0.0.1:PORT; exits 0 when the answer came
 /// from HANDOVER_PID (or, with `--any`, from anyone).
-const PROBE_PY: &str = "import os, sys, urllib.request\n\
-port, anyone = sys.argv[1], '--any' in sys.argv\n\
-try:\n\
-    body = urllib.request.urlopen('http://127.0.0.1:%s/' % port, timeout=5).read().decode()\n\
-except Exception as e:\n\
-    sys.exit('probe: %s' % e)\n\
-if not anyone and 'pid=%s\\n' % os.environ['HANDOVER_PID'] not in body:\n\
-    sys.exit('probe: answered by another generation: ' + body.strip())\n";
+const PROBE_PY: &str = r#"import os, sys, urllib.request
+port, anyone = sys.argv[1], '--any' in sys.argv
+try:
+    body = urllib.request.urlopen('http://127.0.0.1:%s/' % port, timeout=5).read().decode()
+except Exception as e:
+    sys.exit('probe: %s' % e)
+if not anyone and 'pid=%s\n' % os.environ['HANDOVER_PID'] not in body:
+    sys.exit('probe: answered by another generation: ' + body.strip())
+"#;
 
 /// How long the reload that started the current generation waited for it.
 fn ready_after(h: &mut Handover) -> f64 {
@@ -310,7 +312,7 @@ fn ready_after(h: &mut Handover) -> f64 {
 }
 
 /// Starts handover on `program` with `options`, reloads into a generation
-/// that serves only after 2 s, under load; returns how long it took to be
+/// that serves only after 3 s, under load; returns how long it took to be
 /// ready.
 fn reload_into_a_slow_generation(program: &Program, options: Vec<String>) -> f64 {
     let mut h = Handover::start(Setup {
@@ -349,16 +351,18 @@ fn an_exec_probe_that_checks_handover_pid_is_not_fooled_by_the_old_generation() 
     // Every generation serves every socket, so the old one answers the
     // probe's request while the new one still loads: a probe that only
     // checks for an answer is fooled.
+    // (The new generation cannot answer before 3 s: an earlier "ready" was
+    // the old one's answer.)
     let fooled = reload_into_a_slow_generation(&program, probe(" --any"));
     eprintln!("a probe that takes any answer: ready after {fooled} ms");
     assert!(
-        fooled < 1900.0,
+        fooled < 3000.0,
         "the old generation did not answer the naive probe ({fooled} ms): the test proves nothing"
     );
     // One that checks the answer came from HANDOVER_PID is not.
     let checked = reload_into_a_slow_generation(&program, probe(""));
     eprintln!("a probe that checks HANDOVER_PID: ready after {checked} ms");
-    assert!(checked >= 2000.0, "ready after {checked} ms");
+    assert!(checked >= 3000.0, "ready after {checked} ms");
 }
 
 #[test]
@@ -366,7 +370,7 @@ fn an_http_probe_accepts_only_an_answer_from_the_new_generation() {
     let program = Program::new();
     let after = reload_into_a_slow_generation(&program, vec!["--ready".into(), "http:/".into()]);
     eprintln!("http:/ on TCP: ready after {after} ms");
-    assert!(after >= 2000.0, "ready after {after} ms");
+    assert!(after >= 3000.0, "ready after {after} ms");
     // The same on a Unix socket (named, so not the first one).
     let sock_dir = tempfile::tempdir().unwrap();
     let path = sock_dir.path().join("web.sock");
@@ -380,7 +384,7 @@ fn an_http_probe_accepts_only_an_answer_from_the_new_generation() {
         ],
     );
     eprintln!("http:web/ on a Unix socket: ready after {after} ms");
-    assert!(after >= 2000.0, "ready after {after} ms");
+    assert!(after >= 3000.0, "ready after {after} ms");
 }
 
 /// `handover run ARGS -- PROGRAM` that is expected to exit (its first

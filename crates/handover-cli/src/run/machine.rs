@@ -216,7 +216,11 @@ pub enum Action {
     },
     /// Run readiness probe `index` (an `exec:` or `http:` mode) for
     /// generation `id` again and again, each run's outcome an
-    /// [`Event::ProbeResult`], until [`Action::CancelProbe`].
+    /// [`Event::ProbeResult`], until [`Action::CancelProbe`]. An `exec:`
+    /// probe stops at its first pass, which is final: it cannot tell an
+    /// answer of the old generation (which serves until the settle window is
+    /// over) from a failure. An `http:` probe goes on: while the generation
+    /// settles, a failure fails the reload.
     Probe {
         /// Which generation.
         id: u64,
@@ -682,6 +686,12 @@ impl Checks {
         match outcome {
             ProbeOutcome::Pass => {
                 self.passing.insert(index);
+                None
+            }
+            // An exec: probe's pass is final (see `Action::Probe`).
+            ProbeOutcome::Fail(_)
+                if matches!(mode, Some(ReadyMode::Exec(_))) && self.passing.contains(&index) =>
+            {
                 None
             }
             ProbeOutcome::Fail(why) => {
@@ -1482,7 +1492,7 @@ impl Machine {
                 }
                 self.check_ready(now, id, out);
             }
-            GenState::Settling { .. } => {
+            GenState::Settling { .. } if !matches!(mode, Some(ReadyMode::Exec(_))) => {
                 if let ProbeOutcome::Fail(why) = outcome {
                     let name = mode.map(|m| m.to_string()).unwrap_or_default();
                     let why = format!(
@@ -3304,10 +3314,13 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_that_fails_while_the_generation_settles_fails_the_reload() {
+    fn an_http_probe_that_fails_while_the_generation_settles_fails_the_reload() {
         let mut s = settings();
         s.settle = Duration::from_secs(2);
-        s.ready = vec![ReadyMode::Exec("check".into())];
+        s.ready = vec![ReadyMode::Http {
+            socket: None,
+            path: "/health".into(),
+        }];
         let mut h = H::new(s);
         h.first_with(0, |h| {
             h.probe(10, 1, 0, ProbeOutcome::Pass);
@@ -3319,15 +3332,51 @@ mod tests {
             "probes go on while it settles"
         );
         assert_eq!(h.state(2).map(GenState::name), Some("settling"));
-        let a = h.probe(1300, 2, 0, ProbeOutcome::Fail("exited with code 1".into()));
+        // Another generation answering proves nothing.
+        let a = h.probe(
+            1200,
+            2,
+            0,
+            ProbeOutcome::Unsure("another generation".into()),
+        );
+        assert!(a.is_empty(), "{a:?}");
+        let a = h.probe(
+            1300,
+            2,
+            0,
+            ProbeOutcome::Fail("answered 503 Service Unavailable".into()),
+        );
         assert!(a.contains(&Action::CancelProbe { id: 2 }), "{a:?}");
         assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
         let e = error_of(&h.gone(1400, 2, Status::Code(0)));
         assert!(
-            e.contains("failed its readiness probe while it settled, after it was ready: the probe exec:check exited with code 1"),
+            e.contains("failed its readiness probe while it settled, after it was ready: the probe http:/health answered 503 Service Unavailable"),
             "{e}"
         );
         assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn an_exec_probe_passes_once_for_all() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        s.ready = vec![ReadyMode::Notify, ReadyMode::Exec("check".into())];
+        let mut h = H::new(s);
+        h.first_with(0, |h| {
+            h.ready(10, 1);
+            h.probe(20, 1, 1, ProbeOutcome::Pass);
+        });
+        h.reload(1000, 1, 2);
+        h.probe(1100, 2, 1, ProbeOutcome::Pass);
+        // A later run answered by the old generation (a failure to a probe
+        // that checks HANDOVER_PID) does not take it back...
+        h.probe(1200, 2, 1, ProbeOutcome::Fail("exited with code 1".into()));
+        h.ready(1300, 2);
+        assert_eq!(h.state(2).map(GenState::name), Some("settling"));
+        // ...nor fail the reload while it settles.
+        let a = h.probe(1400, 2, 1, ProbeOutcome::Fail("exited with code 1".into()));
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(replies(&h.ev(3300, Event::Tick))[0].1["ok"], true);
     }
 
     #[test]
@@ -3577,7 +3626,11 @@ mod tests {
 
     #[test]
     fn in_place_probes_run_after_the_signal_and_a_failure_while_settling_fails_it() {
-        let mut h = in_place(vec![ReadyMode::Exec("check".into())]);
+        let health = ReadyMode::Http {
+            socket: None,
+            path: "/health".into(),
+        };
+        let mut h = in_place(vec![health.clone()]);
         let a = h.ev(
             1000,
             Event::Reload {
@@ -3588,14 +3641,19 @@ mod tests {
             id: 1,
             pid: pid(1),
             index: 0,
-            mode: ReadyMode::Exec("check".into())
+            mode: health,
         }));
         h.probe(1100, 1, 0, ProbeOutcome::Pass);
-        let a = h.probe(1300, 1, 0, ProbeOutcome::Fail("exited with code 2".into()));
+        let a = h.probe(
+            1300,
+            1,
+            0,
+            ProbeOutcome::Fail("answered 500 Internal Server Error".into()),
+        );
         assert!(a.contains(&Action::CancelProbe { id: 1 }));
         let e = error_of(&a);
         assert!(
-            e.contains("reloaded in place, then failed a readiness probe while it settled: the probe exec:check exited with code 2"),
+            e.contains("reloaded in place, then failed a readiness probe while it settled: the probe http:/health answered 500 Internal Server Error"),
             "{e}"
         );
         assert!(a.contains(&Action::Notify(Sd::Ready(format!("reload failed: {e}")))));

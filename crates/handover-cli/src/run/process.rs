@@ -112,8 +112,8 @@ fn pump_stderr(pipe: std::process::ChildStderr, id: u64, events: mpsc::Unbounded
 
 /// Runs readiness probe `index` of generation `id` (main pid `pid`) again
 /// and again, each run's outcome an [`Event::ProbeResult`], until the task is
-/// aborted ([`Action::CancelProbe`](super::machine::Action::CancelProbe));
-/// dropping it kills an `exec:` run in progress.
+/// aborted ([`Action::CancelProbe`](super::machine::Action::CancelProbe)) or
+/// an `exec:` probe passed; dropping it kills an `exec:` run in progress.
 pub(super) async fn probe(
     reaper: Arc<Reaper>,
     id: u64,
@@ -135,9 +135,15 @@ pub(super) async fn probe(
             _ => return,
         };
         tracing::debug!(generation = id, probe = %mode, ?outcome, "readiness probe");
+        // An exec: probe cannot tell "the old generation answered" from a
+        // failure (both generations serve the socket until the settle window
+        // is over): its first pass is final. An http: probe goes on (it
+        // knows who answered), so a failure while settling counts.
+        let done = matches!(mode, ReadyMode::Exec(_)) && outcome == ProbeOutcome::Pass;
         if events
             .send(Event::ProbeResult { id, index, outcome })
             .is_err()
+            || done
         {
             return;
         }
