@@ -85,7 +85,14 @@ fn an_in_place_reload_reports_success_once_the_program_says_it_reloaded() {
             )),
             "{out}"
         );
-        // The same process, a new image: it reloaded before the answer.
+        // The same process, a new image: it said so (READY=1 with its
+        // STATUS=) before the answer.
+        let status = h.wait_status(Duration::from_secs(10));
+        assert_eq!(
+            status["generations"][0]["status"],
+            format!("serving boot {n}"),
+            "{status}"
+        );
         assert_eq!(h.current_pid(), pid);
         assert_eq!(boot(&h), n);
     }
