@@ -309,7 +309,7 @@ fn main() -> ExitCode {
     };
     init_logs(cli.log_format, &cli.log_level);
     match cli.command {
-        Cmd::Run(args) => cmd_run(args),
+        Cmd::Run(args) => cmd_run(args, cli.log_format),
         Cmd::Reload(c) => cmd_control(&c, control::Request::Reload, render_reload),
         Cmd::Status { control: c, json } => cmd_control(&c, control::Request::Status, |a| {
             if json {
@@ -454,13 +454,18 @@ fn nearest<'a>(typed: &str, names: &'a [String]) -> Option<&'a str> {
         .map(|(_, n)| n.as_str())
 }
 
-fn cmd_run(args: RunArgs) -> ExitCode {
+fn cmd_run(args: RunArgs, log_format: LogFormat) -> ExitCode {
+    // The reason handover stops is reported once: a plain line for people,
+    // or a log record when the logs are JSON (a plain line would break them).
+    let report = |e: &str| match log_format {
+        LogFormat::Human => eprintln!("handover: {e}"),
+        LogFormat::Json => tracing::error!("{e}"),
+    };
     // Before the runtime opens its own descriptors (see receive_inherited).
     let inherited = match run::receive_inherited() {
         Ok(fds) => fds,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("handover: {e}");
+            report(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -498,8 +503,7 @@ fn cmd_run(args: RunArgs) -> ExitCode {
     match rt.block_on(run::run(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("handover: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }

@@ -1953,7 +1953,8 @@ impl Machine {
             None => "stopping".to_string(),
         };
         if let Some(e) = &error {
-            tracing::error!("{e}");
+            // The whole error is reported once, when handover exits.
+            tracing::info!(reason = first_line(e), "giving up: stopping every generation");
         }
         self.phase = Phase::Stopping {
             error: error.clone(),
