@@ -62,15 +62,18 @@ enum Cmd {
     /// The program gets the sockets as fds 3.. with LISTEN_FDS, LISTEN_PID
     /// (its own pid) and LISTEN_FDNAMES set (the systemd socket activation
     /// protocol), and NOTIFY_SOCKET pointing at handover. SIGHUP or
-    /// `handover reload` starts a new generation; once it is ready the old
-    /// one gets the stop signal. SIGTERM/SIGINT stop gracefully; USR1, USR2,
-    /// WINCH and QUIT are forwarded to the current generation.
+    /// `handover reload` starts a new generation; once it is ready (and has
+    /// stayed up for --settle) the old one gets the stop signal.
+    /// SIGTERM/SIGINT stop gracefully; USR1, USR2, WINCH and QUIT are
+    /// forwarded to the current generation (--signal-scope).
     Run(RunArgs),
     /// Ask a running handover to reload, and wait for the outcome.
     ///
-    /// Exits 0 when the new generation is ready; non-zero with the reason
-    /// (exit code or signal, last lines of its stderr) when it was not, in
-    /// which case the old generation serves on.
+    /// Exits 0 when the new generation is ready and stayed up for the settle
+    /// window (or, with --reload-signal, when the in-place reload is done);
+    /// non-zero with the reason (exit code or signal, the stderr lines that
+    /// look like the cause, its last lines) when it was not, in which case
+    /// the old generation serves on.
     Reload(ControlArgs),
     /// Show generations, sockets and the last reload.
     Status {
