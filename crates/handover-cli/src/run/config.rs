@@ -284,6 +284,16 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn ready_modes_parse_or_explain_and_print_back(text in "\\PC{0,40}") {
+            match text.parse::<ReadyMode>() {
+                Ok(mode) => proptest::prop_assert_eq!(mode.to_string().parse::<ReadyMode>().unwrap(), mode),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn signal_scopes() {
         assert_eq!("main".parse::<SignalScope>().unwrap(), SignalScope::Main);

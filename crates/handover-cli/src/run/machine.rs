@@ -1954,7 +1954,10 @@ impl Machine {
         };
         if let Some(e) = &error {
             // The whole error is reported once, when handover exits.
-            tracing::info!(reason = first_line(e), "giving up: stopping every generation");
+            tracing::info!(
+                reason = first_line(e),
+                "giving up: stopping every generation"
+            );
         }
         self.phase = Phase::Stopping {
             error: error.clone(),

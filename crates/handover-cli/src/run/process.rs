@@ -456,6 +456,13 @@ fn status_outcome(answer: &[u8]) -> ProbeOutcome {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_answer_is_an_outcome(answer in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
+            let _ = status_outcome(&answer);
+        }
+    }
+
     #[test]
     fn status_lines() {
         assert_eq!(status_outcome(b"HTTP/1.1 200 OK\r\n"), ProbeOutcome::Pass);

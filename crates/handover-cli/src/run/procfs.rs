@@ -210,14 +210,10 @@ impl Diag {
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
         let mlen = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(buf.len());
         if kind == NLMSG_ERROR {
-            let errno = buf
-                .get(16..20)
-                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0);
-            return match -errno {
-                0 => Ok(None),
-                e if e == libc::ENOENT => Ok(None),
-                e => Err(std::io::Error::from_raw_os_error(e)),
+            let e = netlink_error(buf);
+            return match e.raw_os_error() {
+                Some(0) | Some(libc::ENOENT) => Ok(None),
+                _ => Err(e),
             };
         }
         Ok(Some(buf[NLMSG_HDRLEN..mlen].to_vec()))
@@ -249,21 +245,7 @@ impl Diag {
         let Some(msg) = self.ask(&req)? else {
             return Ok(None);
         };
-        // inet_diag_msg: family, state, timer, retrans, sockid (48 bytes:
-        // sport, dport, ...), expires, rqueue, wqueue, uid, inode.
-        if msg.len() < 72 {
-            return Err(std::io::Error::other("sock_diag: short inet_diag_msg"));
-        }
-        let state = msg[1];
-        let dport = u16::from_be_bytes([msg[6], msg[7]]);
-        // An exact lookup falls back to the listener when the connection is
-        // not found: that answer is not the connection.
-        if state == TCP_LISTEN || dport != client.port() {
-            return Ok(None);
-        }
-        Ok(Some(u64::from(u32::from_ne_bytes([
-            msg[68], msg[69], msg[70], msg[71],
-        ]))))
+        inet_diag_inode(&msg, client.port())
     }
 
     /// The inodes of the TCP sockets (IPv4 and IPv6) whose local port is
@@ -283,11 +265,8 @@ impl Diag {
             req.extend_from_slice(&NO_COOKIE.to_ne_bytes());
             req.extend_from_slice(&NO_COOKIE.to_ne_bytes());
             self.dump(&req, |msg| {
-                if msg.len() >= 72 && u16::from_be_bytes([msg[4], msg[5]]) == port {
-                    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
-                    if inode != 0 {
-                        out.push(u64::from(inode));
-                    }
+                if let Some(inode) = inet_diag_local(msg, port) {
+                    out.push(inode);
                 }
             })?;
         }
@@ -309,28 +288,7 @@ impl Diag {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let (n, _) = rustix::net::recv(self.0.as_fd(), &mut buf[..], RecvFlags::empty())?;
-            let mut at = 0;
-            while at + NLMSG_HDRLEN <= n {
-                let b = &buf[at..n];
-                let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let kind = u16::from_ne_bytes([b[4], b[5]]);
-                if mlen < NLMSG_HDRLEN || mlen > b.len() {
-                    return Err(std::io::Error::other("sock_diag: malformed answer"));
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let errno = b
-                            .get(16..20)
-                            .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
-                            .unwrap_or(0);
-                        return Err(std::io::Error::from_raw_os_error(-errno));
-                    }
-                    _ => each(&b[NLMSG_HDRLEN..mlen]),
-                }
-                at += (mlen + 3) & !3;
-            }
-            if n == 0 {
+            if n == 0 || each_message(&buf[..n], &mut each)? {
                 return Ok(());
             }
         }
@@ -352,25 +310,90 @@ impl Diag {
         let Some(msg) = self.ask(&req)? else {
             return Ok(None);
         };
-        // unix_diag_msg is 16 bytes, then attributes (len, type, value,
-        // each padded to 4 bytes).
-        let mut at = 16;
-        while at + 4 <= msg.len() {
-            let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
-            let kind = u16::from_ne_bytes([msg[at + 2], msg[at + 3]]);
-            if len < 4 || at + len > msg.len() {
-                break;
-            }
-            if kind == UNIX_DIAG_PEER && len >= 8 {
-                let v = &msg[at + 4..at + 8];
-                return Ok(Some(u64::from(u32::from_ne_bytes([
-                    v[0], v[1], v[2], v[3],
-                ]))));
-            }
-            at += (len + 3) & !3;
-        }
-        Ok(Some(0))
+        Ok(Some(unix_diag_peer(&msg)))
     }
+}
+
+/// Hands the payload of each netlink message in `buf` (one datagram of a
+/// dump) to `each`; `Ok(true)` at the end of the dump.
+fn each_message(buf: &[u8], each: &mut impl FnMut(&[u8])) -> std::io::Result<bool> {
+    let mut at = 0;
+    while at + NLMSG_HDRLEN <= buf.len() {
+        let b = &buf[at..];
+        let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let kind = u16::from_ne_bytes([b[4], b[5]]);
+        if mlen < NLMSG_HDRLEN || mlen > b.len() {
+            return Err(std::io::Error::other("sock_diag: malformed answer"));
+        }
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => return Err(netlink_error(b)),
+            _ => each(&b[NLMSG_HDRLEN..mlen]),
+        }
+        at = at.saturating_add((mlen + 3) & !3);
+    }
+    Ok(false)
+}
+
+/// The error an `NLMSG_ERROR` message carries (a negative errno after the
+/// header).
+fn netlink_error(msg: &[u8]) -> std::io::Error {
+    let errno = msg
+        .get(16..20)
+        .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+        .unwrap_or(0);
+    std::io::Error::from_raw_os_error(errno.saturating_neg())
+}
+
+/// The inode in an `inet_diag_msg` answering an exact lookup of the server
+/// side of a connection from local port `client_port`; `None` when the
+/// kernel answered with something else.
+///
+/// `inet_diag_msg`: family, state, timer, retrans, sockid (48 bytes: sport,
+/// dport, src, dst, if, cookie), expires, rqueue, wqueue, uid, inode.
+fn inet_diag_inode(msg: &[u8], client_port: u16) -> std::io::Result<Option<u64>> {
+    if msg.len() < 72 {
+        return Err(std::io::Error::other("sock_diag: short inet_diag_msg"));
+    }
+    let state = msg[1];
+    let dport = u16::from_be_bytes([msg[6], msg[7]]);
+    // An exact lookup falls back to the listener when the connection is not
+    // found: that answer is not the connection.
+    if state == TCP_LISTEN || dport != client_port {
+        return Ok(None);
+    }
+    Ok(Some(u64::from(u32::from_ne_bytes([
+        msg[68], msg[69], msg[70], msg[71],
+    ]))))
+}
+
+/// The inode of an `inet_diag_msg` of a dump whose local port is `port`, if
+/// a process holds it.
+fn inet_diag_local(msg: &[u8], port: u16) -> Option<u64> {
+    if msg.len() < 72 || u16::from_be_bytes([msg[4], msg[5]]) != port {
+        return None;
+    }
+    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
+    (inode != 0).then_some(u64::from(inode))
+}
+
+/// The peer inode in a `unix_diag_msg` (16 bytes, then attributes: length,
+/// type, value, each padded to 4 bytes); 0 when there is none (yet).
+fn unix_diag_peer(msg: &[u8]) -> u64 {
+    let mut at = 16;
+    while at + 4 <= msg.len() {
+        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([msg[at + 2], msg[at + 3]]);
+        if len < 4 || at + len > msg.len() {
+            break;
+        }
+        if kind == UNIX_DIAG_PEER && len >= 8 {
+            let v = &msg[at + 4..at + 8];
+            return u64::from(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+        }
+        at += (len + 3) & !3;
+    }
+    0
 }
 
 /// An address as the 16 bytes of `inet_diag_sockid` (IPv4 in the first 4).
@@ -446,6 +469,23 @@ mod tests {
         assert_eq!(l.unix_paths, vec![path.clone()]);
         let me = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
         assert_eq!(connections(&[(7, me)], &l), vec![(7, 1)]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn kernel_answers_never_panic_the_parsers(
+            buf in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            port in proptest::num::u16::ANY,
+        ) {
+            let _ = each_message(&buf, &mut |m: &[u8]| {
+                let _ = inet_diag_local(m, port);
+                let _ = inet_diag_inode(m, port);
+                let _ = unix_diag_peer(m);
+            });
+            let _ = inet_diag_inode(&buf, port);
+            let _ = unix_diag_peer(&buf);
+            let _ = netlink_error(&buf);
+        }
     }
 
     #[test]
