@@ -721,6 +721,72 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_draining_generations_counters_and_a_crash_loop() {
+        let a = serde_json::json!({
+            "pid": 10, "program": ["srv"], "sockets": [{"name": "http", "address": "tcp://127.0.0.1:80"}],
+            "generations": [
+                {"generation": 1, "pid": 100, "state": "draining", "current": false,
+                 "reason": "replaced", "uptime_ms": 9000.0, "ready_after_ms": 300.0,
+                 "draining_for_ms": 4100.0, "kill_in_ms": 25900.0, "connections": 3,
+                 "status": "serving"},
+                {"generation": 2, "pid": 200, "state": "ready", "current": true,
+                 "uptime_ms": 4100.0, "ready_after_ms": 250.0, "connections": null,
+                 "status": "serving"},
+            ],
+            "starts": 4, "reloads": 2, "failed_reloads": 1, "restarts": 1,
+            "last_reload": {"ok": true, "in_place": false, "took_ms": 2300.0,
+                "crashed": {"generation": 2, "status": "exited with code 1", "uptime_ms": 1500.0}},
+            "crash_loop": {"restarts_in_a_row": 2,
+                "last_crash": {"generation": 2, "status": "exited with code 1"}},
+            "queued_reloads": 1, "draining": 4, "max_draining": 4,
+        });
+        let text = render_status(&a);
+        assert!(
+            text.contains("  1    100  draining  9.0s    300ms        3      serving (replaced 4.1s ago, SIGKILL in 25.9s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  2    200  ready     4.1s    250ms        -      serving (current)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starts: 4, reloads: 2 (1 failed), crash restarts: 1"),
+            "{text}"
+        );
+        assert!(text.contains("last reload: ok, took 2300ms"), "{text}");
+        assert!(
+            text.contains(
+                "but generation 2 it made current has since died: it exited with code 1 after 1.5s"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "CRASH LOOP: 2 crash restart(s) in a row; last: generation 2 exited with code 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("a reload waits (4 generation(s) drain, --max-draining 4)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reload_lines() {
+        let a = serde_json::json!({"generation": 3, "pid": 42, "ready_after_ms": 604.1, "settled_ms": 2000.2});
+        assert_eq!(
+            render_reload(&a),
+            "reloaded: generation 3 (pid 42) ready after 604ms, then settled 2000ms"
+        );
+        let a = serde_json::json!({"in_place": true, "generation": 1, "pid": 7, "signalled": "SIGUSR2", "ready_after_ms": 900.0});
+        assert_eq!(
+            render_reload(&a),
+            "reloaded in place: generation 1 (pid 7) after SIGUSR2, ready after 900ms"
+        );
+    }
+
+    #[test]
     fn nearest_subcommand() {
         let names: Vec<String> = ["run", "reload", "status", "stop", "verify"]
             .iter()

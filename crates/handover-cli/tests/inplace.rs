@@ -234,3 +234,31 @@ fn signal_scope_main_reaches_the_main_process_and_group_reaches_the_workers() {
         );
     }
 }
+
+#[test]
+fn the_new_options_refuse_bad_values_with_what_to_do() {
+    for (args, says) in [
+        (
+            vec!["--max-draining", "0"],
+            "\"0\" is not a number of generations: expected 1 or more",
+        ),
+        (
+            vec!["--signal-scope", "workers"],
+            "\"workers\" is not a signal scope: expected main",
+        ),
+        (vec!["--reload-ready", "notify"], "--reload-signal <SIGNAL>"),
+        (vec!["--settle", "soon"], "\"soon\" is not a duration"),
+        (vec!["--ready", "http:health"], "has no path"),
+    ] {
+        let out = std::process::Command::new(support::handover_bin())
+            .arg("run")
+            .args(["--bind", "tcp://127.0.0.1:0"])
+            .args(&args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
