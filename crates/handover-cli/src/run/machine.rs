@@ -1952,12 +1952,9 @@ impl Machine {
             Some(e) => format!("gave up: {}", first_line(e)),
             None => "stopping".to_string(),
         };
-        if let Some(e) = &error {
-            // The whole error is reported once, when handover exits.
-            tracing::info!(
-                reason = first_line(e),
-                "giving up: stopping every generation"
-            );
+        if error.is_some() {
+            // The reason is reported once, when handover exits.
+            tracing::info!("giving up: stopping every generation");
         }
         self.phase = Phase::Stopping {
             error: error.clone(),
