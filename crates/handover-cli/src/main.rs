@@ -63,15 +63,18 @@ enum Cmd {
     /// The program gets the sockets as fds 3.. with LISTEN_FDS, LISTEN_PID
     /// (its own pid) and LISTEN_FDNAMES set (the systemd socket activation
     /// protocol), and NOTIFY_SOCKET pointing at handover. SIGHUP or
-    /// `handover reload` starts a new generation; once it is ready the old
-    /// one gets the stop signal. SIGTERM/SIGINT stop gracefully; USR1, USR2,
-    /// WINCH and QUIT are forwarded to the current generation.
+    /// `handover reload` starts a new generation; once it is ready (and has
+    /// stayed up for --settle) the old one gets the stop signal.
+    /// SIGTERM/SIGINT stop gracefully; USR1, USR2, WINCH and QUIT are
+    /// forwarded to the current generation (--signal-scope).
     Run(RunArgs),
     /// Ask a running handover to reload, and wait for the outcome.
     ///
-    /// Exits 0 when the new generation is ready; non-zero with the reason
-    /// (exit code or signal, last lines of its stderr) when it was not, in
-    /// which case the old generation serves on.
+    /// Exits 0 when the new generation is ready and stayed up for the settle
+    /// window (or, with --reload-signal, when the in-place reload is done);
+    /// non-zero with the reason (exit code or signal, the stderr lines that
+    /// look like the cause, its last lines) when it was not, in which case
+    /// the old generation serves on.
     Reload(ControlArgs),
     /// Show generations, sockets and the last reload.
     Status {
@@ -127,17 +130,36 @@ struct RunArgs {
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     unix_mode: u32,
 
-    /// When a new generation counts as ready: notify (it sent READY=1 to
-    /// NOTIFY_SOCKET), delay:DURATION (it stayed up that long), or
-    /// exec:COMMAND (a shell command, run with HANDOVER_PID set to the new
-    /// generation's pid, exited 0; retried until the ready timeout).
+    /// When a new generation counts as ready; repeat it to require several
+    /// (all must hold): notify (it sent READY=1 to NOTIFY_SOCKET),
+    /// delay:DURATION (it stayed up that long), exec:COMMAND (a shell
+    /// command, run with HANDOVER_PID and HANDOVER_GENERATION of the new
+    /// generation, exited 0; check that HANDOVER_PID answered, as the old
+    /// generation shares the socket), or http:PATH (GET PATH on the first
+    /// stream socket, http:NAME/PATH on the socket named NAME, answered 2xx
+    /// by a process of the new generation: handover asks the kernel which
+    /// process accepted the connection). Probes run every 200ms until ready.
     #[arg(long, value_name = "MODE", default_value = "notify")]
-    ready: run::ReadyMode,
+    ready: Vec<run::ReadyMode>,
 
     /// How long a new generation has to become ready before it is killed
     /// (the old one serves on).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration::parse)]
     ready_timeout: Duration,
+
+    /// After a new generation is ready, the old one serves on this long
+    /// while the new one must stay up and keep passing its probes; only
+    /// then is the reload done and the old one stopped. A new generation
+    /// that exits (a master whose workers fail to boot) or fails a probe
+    /// within it fails the reload. 0 switches at once.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse)]
+    settle: Duration,
+
+    /// How many old generations may drain at once. A reload never waits for
+    /// draining generations below this; beyond it, it waits until one is
+    /// gone (at the latest at its --stop-timeout).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_max_draining)]
+    max_draining: usize,
 
     /// The signal that asks a generation to stop (it should finish its
     /// in-flight requests, then exit).
@@ -155,10 +177,27 @@ struct RunArgs {
     splay: Duration,
 
     /// Reload by sending this signal to the current generation instead of
-    /// starting a new one (for servers that reload their configuration
-    /// themselves). Unset: reloads start a new generation.
+    /// starting a new one (for servers that reload themselves in place:
+    /// Puma, nginx-style HUP). The reload is done once --reload-ready holds
+    /// and the program stayed up for --settle after it; it fails if the
+    /// program exits or --ready-timeout passes. Unset: reloads start a new
+    /// generation.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_sig)]
     reload_signal: Option<Signal>,
+
+    /// With --reload-signal: when the in-place reload is done; repeatable,
+    /// the modes of --ready. notify waits for RELOADING=1 and then READY=1
+    /// (systemd's Type=notify-reload contract). Unset: once the signal is
+    /// sent (and the program stayed up for --settle).
+    #[arg(long, value_name = "MODE", requires = "reload_signal")]
+    reload_ready: Vec<run::ReadyMode>,
+
+    /// Who gets the reload signal and the forwarded signals (USR1, USR2,
+    /// WINCH, QUIT): main (the program's main process) or group (its whole
+    /// process group, workers included). The stop signal always goes to the
+    /// whole group.
+    #[arg(long, value_name = "SCOPE", default_value = "main")]
+    signal_scope: run::SignalScope,
 
     /// The signal generations get if handover itself dies (PR_SET_PDEATHSIG);
     /// "none" lets them run on.
@@ -251,6 +290,16 @@ fn parse_sig_or_none(s: &str) -> Result<MaybeSignal, String> {
     }
 }
 
+fn parse_max_draining(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of generations: expected 1 or more (1: a reload waits until \
+             the previous old generation is gone)"
+        )),
+    }
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -282,17 +331,8 @@ fn main() -> ExitCode {
     };
     init_logs(cli.log_format, &cli.log_level);
     match cli.command {
-        Cmd::Run(args) => cmd_run(args),
-        Cmd::Reload(c) => cmd_control(&c, control::Request::Reload, |a| {
-            if let Some(sig) = a["signalled"].as_str() {
-                format!("reloaded: sent {sig} to pid {}", a["pid"])
-            } else {
-                format!(
-                    "reloaded: generation {} (pid {}) ready after {}ms",
-                    a["generation"], a["pid"], a["ready_after_ms"]
-                )
-            }
-        }),
+        Cmd::Run(args) => cmd_run(args, cli.log_format),
+        Cmd::Reload(c) => cmd_control(&c, control::Request::Reload, render_reload),
         Cmd::Status { control: c, json } => cmd_control(&c, control::Request::Status, |a| {
             if json {
                 serde_json::to_string_pretty(a).unwrap_or_default()
@@ -436,13 +476,18 @@ fn nearest<'a>(typed: &str, names: &'a [String]) -> Option<&'a str> {
         .map(|(_, n)| n.as_str())
 }
 
-fn cmd_run(args: RunArgs) -> ExitCode {
+fn cmd_run(args: RunArgs, log_format: LogFormat) -> ExitCode {
+    // The reason handover stops is reported once: a plain line for people,
+    // or a log record when the logs are JSON (a plain line would break them).
+    let report = |e: &str| match log_format {
+        LogFormat::Human => eprintln!("handover: {e}"),
+        LogFormat::Json => tracing::error!("{e}"),
+    };
     // Before the runtime opens its own descriptors (see receive_inherited).
     let inherited = match run::receive_inherited() {
         Ok(fds) => fds,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("handover: {e}");
+            report(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -452,6 +497,10 @@ fn cmd_run(args: RunArgs) -> ExitCode {
         program: args.program,
         ready: args.ready,
         ready_timeout: args.ready_timeout,
+        settle: args.settle,
+        max_draining: args.max_draining,
+        reload_ready: args.reload_ready,
+        signal_scope: args.signal_scope,
         stop_signal: args.stop_signal,
         stop_timeout: args.stop_timeout,
         splay: args.splay,
@@ -479,8 +528,7 @@ fn cmd_run(args: RunArgs) -> ExitCode {
     match rt.block_on(run::run(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("handover: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }
@@ -504,6 +552,31 @@ fn cmd_control(
             eprintln!("handover: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The line `handover reload` prints when the reload is done.
+fn render_reload(a: &serde_json::Value) -> String {
+    let ms = |v: &serde_json::Value| format!("{:.0}ms", v.as_f64().unwrap_or(0.0));
+    if a["in_place"] == true {
+        format!(
+            "reloaded in place: generation {} (pid {}) after {}, ready after {}",
+            a["generation"],
+            a["pid"],
+            a["signalled"].as_str().unwrap_or("the signal"),
+            ms(&a["ready_after_ms"])
+        )
+    } else {
+        let mut line = format!(
+            "reloaded: generation {} (pid {}) ready after {}",
+            a["generation"],
+            a["pid"],
+            ms(&a["ready_after_ms"])
+        );
+        if a["settled_ms"].is_number() {
+            line.push_str(&format!(", then settled {}", ms(&a["settled_ms"])));
+        }
+        line
     }
 }
 
@@ -533,40 +606,86 @@ fn render_status(a: &serde_json::Value) -> String {
         "STATE".into(),
         "UPTIME".into(),
         "READY AFTER".into(),
+        "CONNS".into(),
         "STATUS".into(),
     ]];
+    let secs = |v: &serde_json::Value| format!("{:.1}s", v.as_f64().unwrap_or(0.0) / 1000.0);
     for g in a["generations"].as_array().into_iter().flatten() {
-        let status = text(&g["status"]);
+        let mut status = text(&g["status"]);
+        if g["current"] == true {
+            status.push_str(" (current)");
+        }
+        if g["state"] == "draining" {
+            let mut note = format!(
+                "{} {} ago",
+                g["reason"].as_str().unwrap_or("ending"),
+                secs(&g["draining_for_ms"])
+            );
+            if g["kill_in_ms"].is_number() {
+                note.push_str(&format!(", SIGKILL in {}", secs(&g["kill_in_ms"])));
+            }
+            status.push_str(&format!(" ({note})"));
+        }
         rows.push([
             text(&g["generation"]),
             text(&g["pid"]),
             text(&g["state"]),
-            format!("{:.1}s", g["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            secs(&g["uptime_ms"]),
             g["ready_after_ms"]
                 .as_f64()
                 .map(|m| format!("{m:.0}ms"))
                 .unwrap_or_else(|| "-".into()),
-            if g["current"] == true {
-                format!("{status} (current)")
-            } else {
-                status
-            },
+            text(&g["connections"]),
+            status,
         ]);
     }
     out.push_str(&table(&rows));
     out.push_str(&format!(
-        "reloads: {} ({} failed), crash restarts: {}\n",
-        a["reloads"], a["failed_reloads"], a["restarts"]
+        "starts: {}, reloads: {} ({} failed), crash restarts: {}\n",
+        a["starts"], a["reloads"], a["failed_reloads"], a["restarts"]
     ));
     if let Some(l) = a["last_reload"].as_object() {
         if l["ok"] == true {
-            out.push_str(&format!("last reload: ok, took {}ms\n", l["took_ms"]));
+            out.push_str(&format!(
+                "last reload: ok{}, took {:.0}ms\n",
+                if l["in_place"] == true {
+                    " (in place)"
+                } else {
+                    ""
+                },
+                l["took_ms"].as_f64().unwrap_or(0.0)
+            ));
+            if let Some(c) = l.get("crashed").and_then(|c| c.as_object()) {
+                out.push_str(&format!(
+                    "  but generation {} it made current has since died: it {} after {}\n",
+                    c["generation"],
+                    c["status"].as_str().unwrap_or(""),
+                    secs(&c["uptime_ms"])
+                ));
+            }
         } else {
             out.push_str(&format!(
                 "last reload: FAILED: {}\n",
                 l["error"].as_str().unwrap_or("")
             ));
         }
+    }
+    if let Some(c) = a["crash_loop"].as_object() {
+        let last = &c["last_crash"];
+        out.push_str(&format!(
+            "CRASH LOOP: {} crash restart(s) in a row; last: generation {} {}\n",
+            c["restarts_in_a_row"],
+            last["generation"],
+            last["status"].as_str().unwrap_or("")
+        ));
+    }
+    if a["queued_reloads"].as_u64().is_some_and(|n| n > 0)
+        && a["draining"].as_u64() >= a["max_draining"].as_u64()
+    {
+        out.push_str(&format!(
+            "a reload waits ({} generation(s) drain, --max-draining {})\n",
+            a["draining"], a["max_draining"]
+        ));
     }
     out
 }
@@ -621,6 +740,72 @@ mod tests {
         assert_eq!(lines[0], "  GEN  PID     STATE");
         assert_eq!(lines[1], "  1    123456  draining");
         assert_eq!(lines[2], "  10   7       ready");
+    }
+
+    #[test]
+    fn status_shows_draining_generations_counters_and_a_crash_loop() {
+        let a = serde_json::json!({
+            "pid": 10, "program": ["srv"], "sockets": [{"name": "http", "address": "tcp://127.0.0.1:80"}],
+            "generations": [
+                {"generation": 1, "pid": 100, "state": "draining", "current": false,
+                 "reason": "replaced", "uptime_ms": 9000.0, "ready_after_ms": 300.0,
+                 "draining_for_ms": 4100.0, "kill_in_ms": 25900.0, "connections": 3,
+                 "status": "serving"},
+                {"generation": 2, "pid": 200, "state": "ready", "current": true,
+                 "uptime_ms": 4100.0, "ready_after_ms": 250.0, "connections": null,
+                 "status": "serving"},
+            ],
+            "starts": 4, "reloads": 2, "failed_reloads": 1, "restarts": 1,
+            "last_reload": {"ok": true, "in_place": false, "took_ms": 2300.0,
+                "crashed": {"generation": 2, "status": "exited with code 1", "uptime_ms": 1500.0}},
+            "crash_loop": {"restarts_in_a_row": 2,
+                "last_crash": {"generation": 2, "status": "exited with code 1"}},
+            "queued_reloads": 1, "draining": 4, "max_draining": 4,
+        });
+        let text = render_status(&a);
+        assert!(
+            text.contains("  1    100  draining  9.0s    300ms        3      serving (replaced 4.1s ago, SIGKILL in 25.9s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  2    200  ready     4.1s    250ms        -      serving (current)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starts: 4, reloads: 2 (1 failed), crash restarts: 1"),
+            "{text}"
+        );
+        assert!(text.contains("last reload: ok, took 2300ms"), "{text}");
+        assert!(
+            text.contains(
+                "but generation 2 it made current has since died: it exited with code 1 after 1.5s"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "CRASH LOOP: 2 crash restart(s) in a row; last: generation 2 exited with code 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("a reload waits (4 generation(s) drain, --max-draining 4)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reload_lines() {
+        let a = serde_json::json!({"generation": 3, "pid": 42, "ready_after_ms": 604.1, "settled_ms": 2000.2});
+        assert_eq!(
+            render_reload(&a),
+            "reloaded: generation 3 (pid 42) ready after 604ms, then settled 2000ms"
+        );
+        let a = serde_json::json!({"in_place": true, "generation": 1, "pid": 7, "signalled": "SIGUSR2", "ready_after_ms": 900.0});
+        assert_eq!(
+            render_reload(&a),
+            "reloaded in place: generation 1 (pid 7) after SIGUSR2, ready after 900ms"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use handover_verify::{LoadConfig, Mode, Trigger, VerifyConfig};
+use handover_verify::{LoadConfig, Mode, Reloaded, Trigger, VerifyConfig};
 
 use crate::{control, duration};
 
@@ -115,14 +115,18 @@ fn target(addr: &str) -> Result<(SocketAddr, Option<String>), String> {
     Ok((resolved, path))
 }
 
-/// A trigger that reloads through a control socket.
+/// A trigger that reloads through a control socket. handover answers once
+/// the reload is done; an in-place reload (`--reload-signal`) keeps the pid,
+/// and its answer says so.
 pub fn control_trigger(path: PathBuf, timeout: Duration) -> Trigger {
-    Trigger::custom(move || {
+    Trigger::reporting(move || {
         let a = control::request(&path, control::Request::Reload, timeout)?;
-        if a["ok"] == true {
-            Ok(())
-        } else {
+        if a["ok"] != true {
             Err(a["error"].as_str().unwrap_or("reload failed").to_string())
+        } else if a["in_place"] == true {
+            Ok(Reloaded::InPlace)
+        } else {
+            Ok(Reloaded::Requested)
         }
     })
 }

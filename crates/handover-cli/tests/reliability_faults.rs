@@ -57,7 +57,13 @@ fn reloaded_pid(out: &str) -> u32 {
 
 #[test]
 fn a_generation_that_crashes_right_after_ready_loses_only_what_it_held() {
-    let mut h = Handover::start(Setup::default());
+    // With a settle window (the default 2s) this generation would fail its
+    // reload while the old one serves on (tests/readiness.rs shows that);
+    // here it must become current first and then crash, so no window.
+    let mut h = Handover::start(Setup {
+        options: vec!["--settle".into(), "0".into()],
+        ..Setup::default()
+    });
     let loads = [
         load(&h, Mode::NewConnection, 4),
         load(&h, Mode::KeepAlive, 4),

@@ -107,7 +107,13 @@ fn settle(h: &mut Handover) -> Baseline {
 /// A storm test: start under load, reload once for the baseline, run
 /// `storm`, then check coalescing, the generation bound, and leaks.
 fn storm(storm: impl FnOnce(&Handover)) {
-    let mut h = Handover::start(Setup::default());
+    // At most one old generation drains while the next starts: so at most
+    // two exist at any moment (with --max-draining N: N + 1, plus one
+    // starting).
+    let mut h = Handover::start(Setup {
+        options: vec!["--max-draining".into(), "1".into()],
+        ..Setup::default()
+    });
     let mut cfg = LoadConfig::new(h.addr, Mode::NewConnection);
     cfg.connections = 4;
     let load = Load::start(cfg).unwrap();

@@ -113,7 +113,12 @@ fn it_fails_on_a_server_that_resets_one_connection_in_a_hundred() {
 
 #[test]
 fn it_passes_on_handover_reloading_through_the_control_socket_and_by_signal() {
-    let mut h = Handover::start(Setup::default());
+    // A reload takes a start plus the settle window (default 2s): a short
+    // window keeps two reloads within each 3 s run.
+    let mut h = Handover::start(Setup {
+        options: vec!["--settle".into(), "300ms".into()],
+        ..Setup::default()
+    });
     let addr = h.addr.to_string();
     let control = h.control.display().to_string();
     let (out, report) = verify(&[

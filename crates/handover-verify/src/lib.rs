@@ -63,7 +63,7 @@ mod verify;
 pub use histogram::Latency;
 pub use load::{Load, LoadConfig, Mode};
 pub use report::{FailureKind, FailureSample, ReloadRecord, Report};
-pub use verify::{Trigger, VerifyConfig, stderr_is_terminal, verify};
+pub use verify::{Reloaded, Trigger, VerifyConfig, stderr_is_terminal, verify};
 
 /// Why a load or verification could not start.
 #[derive(Debug, thiserror::Error)]

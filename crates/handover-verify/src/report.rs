@@ -122,6 +122,10 @@ pub struct ReloadRecord {
     /// True when a new pid answered within the ready timeout and before the
     /// run ended.
     pub pid_changed: bool,
+    /// The trigger reported that the server reloaded in place, keeping its
+    /// pid ([`Reloaded::InPlace`](crate::Reloaded::InPlace)): the reload
+    /// counts without a new pid.
+    pub in_place: bool,
     /// Failed requests between this trigger and the next one (or the end).
     pub failures_during: u64,
 }
@@ -202,12 +206,16 @@ impl Report {
     }
 
     /// Zero downtime proven: at least one request succeeded, none failed,
-    /// every reload was triggered successfully and answered by a new pid, and
+    /// every reload was triggered successfully and answered by a new pid (or
+    /// reported done in place by the trigger), and
     /// a run that asked for reloads had at least one.
     pub fn passed(&self) -> bool {
         self.ok > 0
             && self.failures_total() == 0
-            && self.reloads.iter().all(|r| r.trigger_ok && r.pid_changed)
+            && self
+                .reloads
+                .iter()
+                .all(|r| r.trigger_ok && (r.pid_changed || r.in_place))
             && !self.missing_reloads()
     }
 
@@ -277,6 +285,7 @@ impl Report {
                 let ready = r.ready_after.map_or_else(|| "-".to_owned(), fmt_ms);
                 let pid = match (r.pid_changed, r.new_pid) {
                     (true, Some(pid)) => pid.to_string(),
+                    _ if r.in_place => "in place".to_owned(),
                     _ => "none".to_owned(),
                 };
                 let trigger = match &r.trigger_error {

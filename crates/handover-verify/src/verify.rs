@@ -45,6 +45,23 @@ pub enum Trigger {
     /// Call this; `Err` carries the reason the reload could not be triggered.
     /// It runs on a thread of its own; a panic counts as a failed trigger.
     Custom(Box<dyn FnMut() -> Result<(), String> + Send>),
+    /// Like [`Trigger::Custom`], for a trigger that knows how the reload
+    /// went: it returns once the reload is done, and says whether the
+    /// server reloaded in place ([`Reloaded::InPlace`]: no new pid is
+    /// expected).
+    Reporting(Box<dyn FnMut() -> Result<Reloaded, String> + Send>),
+}
+
+/// How a reload went, as a [`Trigger::Reporting`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reloaded {
+    /// Nothing more is known: a new process must answer
+    /// ([`ReloadRecord::pid_changed`]).
+    Requested,
+    /// The server reloaded in place and keeps its pid (a supervisor reported
+    /// the in-place reload done): the reload counts without a new pid.
+    InPlace,
 }
 
 impl Trigger {
@@ -53,23 +70,40 @@ impl Trigger {
         Trigger::Custom(Box::new(f))
     }
 
+    /// A [`Trigger::Reporting`] from a closure.
+    pub fn reporting(f: impl FnMut() -> Result<Reloaded, String> + Send + 'static) -> Self {
+        Trigger::Reporting(Box::new(f))
+    }
+
     /// Pulls the trigger once. `timeout` bounds a command; a signal returns at
     /// once; a custom closure is not bounded here.
     pub fn fire(&mut self, timeout: Duration) -> Result<(), String> {
+        self.fire_reporting(timeout).map(|_| ())
+    }
+
+    /// [`Trigger::fire`], with what the trigger says about the reload.
+    fn fire_reporting(&mut self, timeout: Duration) -> Result<Reloaded, String> {
+        fn caught<T>(r: std::thread::Result<Result<T, String>>) -> Result<T, String> {
+            r.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                Err(format!("the custom trigger panicked: {message}"))
+            })
+        }
         match self {
-            Trigger::Command(command) => run_command(command, timeout),
-            Trigger::Signal { signal, pid_file } => send_signal(*signal, pid_file),
-            Trigger::Custom(f) => match catch_unwind(AssertUnwindSafe(f)) {
-                Ok(result) => result,
-                Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic payload".to_owned());
-                    Err(format!("the custom trigger panicked: {message}"))
-                }
-            },
+            Trigger::Command(command) => {
+                run_command(command, timeout).map(|()| Reloaded::Requested)
+            }
+            Trigger::Signal { signal, pid_file } => {
+                send_signal(*signal, pid_file).map(|()| Reloaded::Requested)
+            }
+            Trigger::Custom(f) => {
+                caught(catch_unwind(AssertUnwindSafe(f))).map(|()| Reloaded::Requested)
+            }
+            Trigger::Reporting(f) => caught(catch_unwind(AssertUnwindSafe(f))),
         }
     }
 }
@@ -84,6 +118,7 @@ impl fmt::Debug for Trigger {
                 .field("pid_file", pid_file)
                 .finish(),
             Trigger::Custom(_) => f.write_str("Custom(..)"),
+            Trigger::Reporting(_) => f.write_str("Reporting(..)"),
         }
     }
 }
@@ -292,13 +327,14 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
                 .map(|(&pid, seen)| (seen.first.saturating_sub(at), pid))
                 .filter(|&(after, _)| after <= ready_timeout)
                 .min();
-            let (trigger_ok, trigger_error, trigger_took) = match p.outcome {
-                Some((Ok(()), took)) => (true, None, took),
-                Some((Err(e), took)) => (false, Some(e), took),
+            let (trigger_ok, trigger_error, trigger_took, in_place) = match p.outcome {
+                Some((Ok(how), took)) => (true, None, took, how == Reloaded::InPlace),
+                Some((Err(e), took)) => (false, Some(e), took, false),
                 None => (
                     false,
                     Some("the trigger never reported back".to_owned()),
                     Duration::ZERO,
+                    false,
                 ),
             };
             ReloadRecord {
@@ -310,6 +346,7 @@ pub fn verify(cfg: VerifyConfig) -> Result<Report, VerifyError> {
                 ready_after: newcomer.map(|(after, _)| after),
                 new_pid: newcomer.map(|(_, pid)| pid),
                 pid_changed: newcomer.is_some(),
+                in_place,
                 failures_during: failures_after.saturating_sub(p.failures_before),
             }
         })
@@ -324,10 +361,10 @@ struct PendingReload {
     triggered: Instant,
     pids_before: BTreeSet<u32>,
     failures_before: u64,
-    outcome: Option<(Result<(), String>, Duration)>,
+    outcome: Option<(Result<Reloaded, String>, Duration)>,
 }
 
-type TriggerResult = (usize, Result<(), String>, Duration);
+type TriggerResult = (usize, Result<Reloaded, String>, Duration);
 
 /// Runs the trigger on a thread of its own, so a hung trigger cannot stall
 /// the run beyond the trigger timeout.
@@ -356,7 +393,7 @@ impl TriggerWorker {
             .spawn(move || {
                 for index in fire_rx {
                     let started = Instant::now();
-                    let result = trigger.fire(timeout);
+                    let result = trigger.fire_reporting(timeout);
                     if result_tx.send((index, result, started.elapsed())).is_err() {
                         break;
                     }

@@ -9,16 +9,52 @@ use handover::child::Signal;
 
 use crate::duration;
 
-/// When a new generation counts as ready.
+/// One condition for "ready" (`--ready`, `--reload-ready`; several given:
+/// all must hold).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadyMode {
-    /// It sent `READY=1` to `NOTIFY_SOCKET`.
+    /// It sent `READY=1` to `NOTIFY_SOCKET` (for an in-place reload:
+    /// `RELOADING=1`, then `READY=1`).
     Notify,
     /// It stayed alive this long.
     Delay(Duration),
-    /// This shell command, with `HANDOVER_PID` set, exited 0.
+    /// This shell command, with `HANDOVER_PID` and `HANDOVER_GENERATION` set,
+    /// exited 0.
     Exec(String),
+    /// `GET path` on a listening socket, accepted by a process of the new
+    /// generation (the kernel says which process holds the accepted
+    /// connection) and answered with a 2xx status.
+    Http {
+        /// The `--bind` name of the socket to probe; `None`: the first
+        /// stream socket.
+        socket: Option<String>,
+        /// The request path (starts with `/`).
+        path: String,
+    },
 }
+
+impl ReadyMode {
+    /// Whether this is a probe the driver runs (exec: or http:).
+    pub fn is_probe(&self) -> bool {
+        matches!(self, ReadyMode::Exec(_) | ReadyMode::Http { .. })
+    }
+}
+
+impl std::fmt::Display for ReadyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyMode::Notify => f.write_str("notify"),
+            ReadyMode::Delay(d) => write!(f, "delay:{}", duration::format(*d)),
+            ReadyMode::Exec(c) => write!(f, "exec:{c}"),
+            ReadyMode::Http { socket, path } => {
+                write!(f, "http:{}{path}", socket.as_deref().unwrap_or(""))
+            }
+        }
+    }
+}
+
+const READY_MODES: &str = "expected notify, delay:DURATION (like delay:2s), exec:COMMAND or \
+                           http:PATH (like http:/health; http:NAME/PATH probes the socket named NAME)";
 
 impl std::str::FromStr for ReadyMode {
     type Err = String;
@@ -37,11 +73,71 @@ impl std::str::FromStr for ReadyMode {
             } else {
                 Ok(ReadyMode::Exec(c.to_string()))
             }
+        } else if let Some(rest) = s.strip_prefix("http:") {
+            parse_http(rest)
         } else {
-            Err(format!(
-                "{s:?} is not a readiness mode: expected notify, delay:DURATION (like delay:2s) or \
-                 exec:COMMAND"
-            ))
+            Err(format!("{s:?} is not a readiness mode: {READY_MODES}"))
+        }
+    }
+}
+
+/// `http:[NAME]/PATH`.
+fn parse_http(rest: &str) -> Result<ReadyMode, String> {
+    let example = "like http:/health, or http:NAME/health for the socket named NAME";
+    if rest.starts_with("//") {
+        return Err(format!(
+            "http:{rest} looks like a URL: the probe always connects to handover's own socket, \
+             so give only the path, {example}"
+        ));
+    }
+    let Some(slash) = rest.find('/') else {
+        return Err(format!(
+            "http:{rest} has no path: expected a path that starts with /, {example}"
+        ));
+    };
+    let (name, path) = rest.split_at(slash);
+    if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "http:{rest}: the path holds {bad:?}; expected printable ASCII without spaces \
+             (percent-encode the rest), {example}"
+        ));
+    }
+    let socket = if name.is_empty() {
+        None
+    } else if handover::activation::is_valid_name(name) {
+        Some(name.to_string())
+    } else {
+        return Err(format!(
+            "http:{rest}: {name:?} is not a socket name (the --bind NAME); {example}"
+        ));
+    };
+    Ok(ReadyMode::Http {
+        socket,
+        path: path.to_string(),
+    })
+}
+
+/// Which processes of a generation get reload and forwarded signals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SignalScope {
+    /// Its main process only (the one handover started).
+    #[default]
+    Main,
+    /// Its whole process group (the main process and the workers it forked).
+    Group,
+}
+
+impl std::str::FromStr for SignalScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SignalScope, String> {
+        match s {
+            "main" => Ok(SignalScope::Main),
+            "group" => Ok(SignalScope::Group),
+            _ => Err(format!(
+                "{s:?} is not a signal scope: expected main (the generation's main process) or \
+                 group (its whole process group)"
+            )),
         }
     }
 }
@@ -94,10 +190,16 @@ pub struct Config {
     pub unix_mode: u32,
     /// The program and its arguments.
     pub program: Vec<OsString>,
-    /// Readiness.
-    pub ready: ReadyMode,
+    /// Readiness: every condition must hold.
+    pub ready: Vec<ReadyMode>,
     /// How long a generation has to be ready.
     pub ready_timeout: Duration,
+    /// How long a ready generation must stay up (and pass its probes)
+    /// before the old one is stopped.
+    pub settle: Duration,
+    /// How many replaced generations may drain at once; a reload beyond
+    /// that waits until one is gone.
+    pub max_draining: usize,
     /// Stop signal.
     pub stop_signal: Signal,
     /// Then SIGKILL.
@@ -106,6 +208,11 @@ pub struct Config {
     pub splay: Duration,
     /// Reload by signalling instead of a new generation.
     pub reload_signal: Option<Signal>,
+    /// When an in-place reload (by `reload_signal`) is done: every condition
+    /// must hold; empty: the main process stays up for `settle`.
+    pub reload_ready: Vec<ReadyMode>,
+    /// Who gets reload and forwarded signals.
+    pub signal_scope: SignalScope,
     /// handover's pid file.
     pub pid_file: Option<PathBuf>,
     /// Control socket.
@@ -148,6 +255,60 @@ mod tests {
                 .parse::<ReadyMode>()
                 .unwrap_err()
                 .contains("expected notify")
+        );
+    }
+
+    #[test]
+    fn http_ready_modes() {
+        assert_eq!(
+            "http:/health".parse::<ReadyMode>().unwrap(),
+            ReadyMode::Http {
+                socket: None,
+                path: "/health".into()
+            }
+        );
+        assert_eq!(
+            "http:admin/health?full=1".parse::<ReadyMode>().unwrap(),
+            ReadyMode::Http {
+                socket: Some("admin".into()),
+                path: "/health?full=1".into()
+            }
+        );
+        for (bad, says) in [
+            ("http:", "has no path"),
+            ("http:health", "has no path"),
+            ("http://127.0.0.1:8080/health", "looks like a URL"),
+            ("http:/he alth", "without spaces"),
+            ("http:/x\r\nHost: y", "without spaces"),
+            ("http:a:b/x", "not a socket name"),
+        ] {
+            let e = bad.parse::<ReadyMode>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        for text in ["notify", "delay:2s", "exec:true", "http:/h", "http:web/h"] {
+            assert_eq!(text.parse::<ReadyMode>().unwrap().to_string(), text);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ready_modes_parse_or_explain_and_print_back(text in "\\PC{0,40}") {
+            match text.parse::<ReadyMode>() {
+                Ok(mode) => proptest::prop_assert_eq!(mode.to_string().parse::<ReadyMode>().unwrap(), mode),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn signal_scopes() {
+        assert_eq!("main".parse::<SignalScope>().unwrap(), SignalScope::Main);
+        assert_eq!("group".parse::<SignalScope>().unwrap(), SignalScope::Group);
+        assert!(
+            "all"
+                .parse::<SignalScope>()
+                .unwrap_err()
+                .contains("expected main")
         );
     }
 

@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 
 use handover::notify::{Notifier, State as SdState};
 
-use super::config::Config;
-use super::machine::{Action, Event, Machine, Mono, ReplyId, Sd};
+use super::config::{Config, ReadyMode, SignalScope};
+use super::machine::{Action, Event, Machine, Mono, ProbeOutcome, ReplyId, Sd};
 use super::process;
+use super::procfs;
 use super::reaper::Reaper;
 use super::sockets::Socket;
 use super::status;
@@ -30,6 +31,18 @@ const GROUP_POLL: Duration = Duration::from_millis(100);
 /// How long the answer to `handover stop` may take to be written before
 /// handover exits anyway.
 const LAST_ANSWER: Duration = Duration::from_secs(2);
+
+/// How long a count of open connections is shown again before it is
+/// counted anew.
+const CONNECTIONS_FRESH: Duration = Duration::from_secs(1);
+
+/// Open connections per generation (see `Driver::connections`).
+#[derive(Default)]
+struct Counts {
+    at: Option<std::time::Instant>,
+    counting: bool,
+    by_generation: HashMap<u64, usize>,
+}
 
 pub(super) struct Driver {
     pub(super) config: Config,
@@ -46,7 +59,12 @@ pub(super) struct Driver {
     /// Answers sent while handling the current event: handover waits for
     /// them to be written before it exits.
     written: Vec<oneshot::Receiver<()>>,
-    probes: HashMap<u64, JoinHandle<()>>,
+    /// Running probes, by generation and probe index.
+    probes: HashMap<(u64, usize), JoinHandle<()>>,
+    /// Where the listening sockets are, to count connections for `status`.
+    listening: procfs::Listening,
+    /// Open connections per generation, as last counted (for `status`).
+    connections: Arc<std::sync::Mutex<Counts>>,
     /// Process groups of ending generations, by generation.
     watched: HashMap<u64, u32>,
 }
@@ -70,6 +88,10 @@ impl Driver {
         events: mpsc::UnboundedReceiver<Event>,
         control: mpsc::Receiver<Incoming>,
     ) -> Driver {
+        let mut listening = procfs::Listening::default();
+        for s in &sockets {
+            listening.add(std::os::fd::AsFd::as_fd(&s.fd));
+        }
         Driver {
             config,
             sockets,
@@ -84,6 +106,8 @@ impl Driver {
             next_reply: 0,
             written: Vec::new(),
             probes: HashMap::new(),
+            listening,
+            connections: Arc::default(),
             watched: HashMap::new(),
         }
     }
@@ -137,12 +161,14 @@ impl Driver {
             written,
         } = incoming;
         if request == Request::Status {
+            let connections = self.connections(machine);
             let _ = reply.send(status::answer(
                 machine,
                 Mono::now(),
                 &self.config,
                 &self.sockets,
                 self.started_unix_ms,
+                &connections,
             ));
             return;
         }
@@ -153,6 +179,38 @@ impl Driver {
             Request::Reload => Event::Reload { reply: Some(id) },
             Request::Stop | Request::Status => Event::Stop { reply: id },
         });
+    }
+
+    /// Open connections of each generation, as last counted. Counting reads
+    /// `/proc` and asks the kernel, which takes a while on a busy machine:
+    /// it runs on a blocking thread, at most once per
+    /// [`CONNECTIONS_FRESH`], started by a `status` request; the driver never
+    /// waits for it (a count is up to that old, and missing at first).
+    fn connections(&mut self, machine: &Machine) -> HashMap<u64, usize> {
+        let mut counts = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = !counts.counting && counts.at.is_none_or(|at| at.elapsed() >= CONNECTIONS_FRESH);
+        if due {
+            counts.counting = true;
+            let pgids: Vec<(u64, u32)> = machine
+                .gens
+                .iter()
+                .filter_map(|g| Some((g.id, g.pid?)))
+                .collect();
+            let (listening, shared) = (self.listening.clone(), self.connections.clone());
+            tokio::task::spawn_blocking(move || {
+                let found = procfs::connections(&pgids, &listening);
+                let mut c = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                c.by_generation = found.into_iter().collect();
+                c.at = Some(std::time::Instant::now());
+                c.counting = false;
+            });
+        }
+        counts.by_generation.clone()
     }
 
     /// Reports groups of ending generations that have no process left.
@@ -193,24 +251,57 @@ impl Driver {
                     Err(error) => Event::SpawnFailed { id, error },
                 });
             }
-            Action::Probe { id, pid, command } => {
-                let task = tokio::spawn(process::probe_until_ok(
+            Action::Probe {
+                id,
+                pid,
+                index,
+                mode,
+            } => {
+                let target = match &mode {
+                    ReadyMode::Http { socket, .. } => {
+                        match process::probe_target(&self.sockets, socket.as_deref()) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                queue.push_back(Event::ProbeResult {
+                                    id,
+                                    index,
+                                    outcome: ProbeOutcome::Fail(e),
+                                });
+                                return None;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let task = tokio::spawn(process::probe(
                     self.reaper.clone(),
-                    command,
                     id,
                     pid,
+                    index,
+                    mode,
+                    target,
                     self.events_tx.clone(),
                 ));
-                if let Some(old) = self.probes.insert(id, task) {
+                if let Some(old) = self.probes.insert((id, index), task) {
                     old.abort();
                 }
             }
             Action::CancelProbe { id } => {
-                if let Some(task) = self.probes.remove(&id) {
-                    task.abort();
-                }
+                self.probes.retain(|&(gen_id, _), task| {
+                    if gen_id == id {
+                        task.abort();
+                    }
+                    gen_id != id
+                });
             }
-            Action::Signal { pgid, signal } => self.reaper.signal_group(pgid, signal),
+            Action::Signal {
+                pgid,
+                signal,
+                scope,
+            } => match scope {
+                SignalScope::Group => self.reaper.signal_group(pgid, signal),
+                SignalScope::Main => self.reaper.signal_process(pgid, signal),
+            },
             Action::WatchGroup { id, pgid } => {
                 self.watched.insert(id, pgid);
             }

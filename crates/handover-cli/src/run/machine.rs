@@ -9,7 +9,7 @@
 //! stderr tails, ids of pending replies): it serializes with serde, so that a
 //! re-executed supervisor can take it over.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,13 +17,13 @@ use serde_json::json;
 
 use handover::child::Signal;
 
-use super::config::ReadyMode;
+use super::config::{ReadyMode, SignalScope};
 use crate::duration;
 
 /// A point in time on `CLOCK_MONOTONIC` (time since boot): unlike
 /// `std::time::Instant` it has a value that means the same in a re-executed
 /// image of this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Mono(Duration);
 
 impl Mono {
@@ -43,8 +43,7 @@ impl Mono {
         self.0.saturating_sub(earlier.0)
     }
 
-    /// For tests: a time `d` after boot.
-    #[cfg(test)]
+    /// A time `d` after boot (like `MONOTONIC_USEC=` of a notify message).
     pub fn at(d: Duration) -> Mono {
         Mono(d)
     }
@@ -151,11 +150,19 @@ pub enum Event {
         ready: bool,
         /// `STATUS=`.
         status: Option<String>,
+        /// `RELOADING=1`.
+        reloading: bool,
+        /// `MONOTONIC_USEC=`: when the sender began reloading.
+        monotonic_usec: Option<u64>,
     },
-    /// The readiness probe of generation `id` exited 0.
-    ProbePassed {
+    /// One run of a readiness probe of generation `id` ended.
+    ProbeResult {
         /// Which generation.
         id: u64,
+        /// Which probe: its index in the readiness modes.
+        index: usize,
+        /// How it went.
+        outcome: ProbeOutcome,
     },
     /// Lines generation `id` wrote to stderr.
     Stderr {
@@ -171,6 +178,18 @@ pub enum Event {
     },
     /// Time passed: act on every deadline that is due.
     Tick,
+}
+
+/// How one run of a readiness probe went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// It passed (exec: exited 0; http: the new generation answered 2xx).
+    Pass,
+    /// It failed; the text says how.
+    Fail(String),
+    /// It proved nothing either way (http: another generation accepted the
+    /// connection); the text says why.
+    Unsure(String),
 }
 
 /// What systemd is told (`NOTIFY_SOCKET` of handover itself).
@@ -195,27 +214,37 @@ pub enum Action {
         /// Which generation.
         id: u64,
     },
-    /// Run the `exec:` readiness probe for generation `id` until it exits 0,
-    /// then send [`Event::ProbePassed`].
+    /// Run readiness probe `index` (an `exec:` or `http:` mode) for
+    /// generation `id` again and again, each run's outcome an
+    /// [`Event::ProbeResult`], until [`Action::CancelProbe`]. An `exec:`
+    /// probe stops at its first pass, which is final: it cannot tell an
+    /// answer of the old generation (which serves until the settle window is
+    /// over) from a failure. An `http:` probe goes on: while the generation
+    /// settles, a failure fails the reload.
     Probe {
         /// Which generation.
         id: u64,
-        /// Its pid (the probe gets it as `HANDOVER_PID`).
+        /// Its pid (the probe gets it as `HANDOVER_PID`; an http: answer
+        /// must come from its process group).
         pid: u32,
-        /// The shell command.
-        command: String,
+        /// The probe's index in the readiness modes.
+        index: usize,
+        /// The probe.
+        mode: ReadyMode,
     },
-    /// Stop running generation `id`'s probe (and kill one that runs).
+    /// Stop running generation `id`'s probes (and kill one that runs).
     CancelProbe {
         /// Which generation.
         id: u64,
     },
-    /// Send `signal` to process group `pgid`.
+    /// Send `signal` to a generation.
     Signal {
-        /// The process group (a generation's pid).
+        /// The generation's pid, which is also its process group id.
         pgid: u32,
         /// The signal.
         signal: Signal,
+        /// To its main process only, or to its whole process group.
+        scope: SignalScope,
     },
     /// Watch generation `id`'s process group; send [`Event::GroupEmpty`]
     /// once no process is left in it.
@@ -241,12 +270,13 @@ pub enum Action {
 /// The machine's settings (from the command line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
-    /// When a generation counts as ready.
-    pub ready: ReadyMode,
+    /// When a generation counts as ready: every condition must hold.
+    pub ready: Vec<ReadyMode>,
     /// How long a generation has to become ready.
     pub ready_timeout: Duration,
-    /// How long a ready generation must stay up before the old one is told
-    /// to stop (zero: at once). Issue 13 sets it from `--settle`.
+    /// How long a ready generation must stay up (and keep passing its
+    /// probes) before the old one is told to stop (zero: at once); also how
+    /// long a generation must stay up after an in-place reload was done.
     pub settle: Duration,
     /// The stop signal.
     #[serde(with = "signal_number")]
@@ -258,6 +288,13 @@ pub struct Settings {
     /// Reload by signalling the current generation instead.
     #[serde(with = "opt_signal_number")]
     pub reload_signal: Option<Signal>,
+    /// When an in-place reload is done (every condition must hold); empty:
+    /// once the signal was sent (and the settle window passed).
+    #[serde(default)]
+    pub reload_ready: Vec<ReadyMode>,
+    /// Who gets reload and forwarded signals.
+    #[serde(default)]
+    pub signal_scope: SignalScope,
     /// Longest crash-restart delay.
     pub max_backoff: Duration,
     /// A generation that stayed current this long resets the backoff.
@@ -267,7 +304,8 @@ pub struct Settings {
     /// See `start_limit_burst`.
     pub start_limit_interval: Duration,
     /// How many replaced generations may drain while a reload starts
-    /// another; more reloads wait. Issue 13 makes this `--max-draining`.
+    /// another (`--max-draining`); a reload beyond that waits until one is
+    /// gone. Each draining generation keeps its own stop deadline.
     pub max_draining: usize,
     /// `--stop-delay`: after a stop request, keep serving (crash restarts
     /// included) this long before the generations get the stop signal.
@@ -283,6 +321,15 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(10);
 
 /// Lines of a generation's stderr kept for error reports.
 pub const STDERR_TAIL: usize = 20;
+
+/// Lines of a generation's stderr that look like the cause of a failure
+/// (see [`looks_like_a_cause`]), kept from its start for error reports.
+pub const CAUSE_LINES: usize = 16;
+
+/// With `--ready notify`: a generation that has not written to
+/// `NOTIFY_SOCKET` this long after it started gets a warning that says why
+/// it may never be ready (long before `--ready-timeout`).
+pub const NOTIFY_HINT: Duration = Duration::from_secs(5);
 
 /// After a generation's last process is gone, how long to wait for its
 /// stderr pipe to close (so the last lines are in its report). A process
@@ -352,6 +399,9 @@ pub struct Ending {
     pub group_empty: bool,
     /// Until when to wait for its stderr to close.
     pub linger_until: Option<Mono>,
+    /// When it began ending.
+    #[serde(default)]
+    pub since: Option<Mono>,
 }
 
 /// Where a generation is in its life.
@@ -363,8 +413,16 @@ pub enum GenState {
         deadline: Mono,
         /// With `--ready delay:`: ready then.
         ready_at: Option<Mono>,
+        /// The readiness conditions met so far.
+        #[serde(default)]
+        checks: Checks,
+        /// With `--ready notify`: when to warn if it has not written to
+        /// `NOTIFY_SOCKET` yet.
+        #[serde(default)]
+        hint_at: Option<Mono>,
     },
-    /// Ready; the previous generation still serves until `until`.
+    /// Ready; the previous generation still serves until `until`, and the
+    /// new one must stay up (and keep passing its probes) until then.
     Settling {
         /// End of the settle window.
         until: Mono,
@@ -414,6 +472,10 @@ pub struct Generation {
     pub notified: bool,
     /// The last lines of its stderr.
     pub stderr: VecDeque<String>,
+    /// The first lines of its stderr that look like the cause of a failure
+    /// (at most [`CAUSE_LINES`]).
+    #[serde(default)]
+    pub cause: Vec<String>,
     /// Its stderr pipe closed.
     pub stderr_closed: bool,
 }
@@ -430,6 +492,77 @@ impl Generation {
             .join("\n")
     }
 
+    /// Keeps `line` (cut to 1000 characters) in the tail, and among the
+    /// cause lines when it looks like one (with the indented lines before a
+    /// Python-style `SomethingError: ...`, which say where).
+    fn push_stderr(&mut self, mut line: String) {
+        if line.len() > 1000 {
+            let mut end = 1000;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+        if self.cause.len() < CAUSE_LINES && looks_like_a_cause(&line) {
+            let mut lines = Vec::new();
+            if is_exception_line(&line) {
+                lines.extend(
+                    self.stderr
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .take_while(|l| l.starts_with(char::is_whitespace))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev(),
+                );
+            }
+            lines.push(line.clone());
+            for l in lines {
+                let key = normalized(&l);
+                if self.cause.len() < CAUSE_LINES
+                    && !self.cause.iter().any(|c| normalized(c) == key)
+                {
+                    self.cause.push(l);
+                }
+            }
+        }
+        if self.stderr.len() == STDERR_TAIL {
+            self.stderr.pop_front();
+        }
+        self.stderr.push_back(line);
+    }
+
+    /// What its stderr says about a failure: the lines that look like the
+    /// cause (those not among the last `n`), then its last `n` lines; each
+    /// part headed, empty when there is nothing.
+    pub fn report(&self, n: usize) -> String {
+        let tail = self.tail(n);
+        let cause = self.cause_not_in_tail(n);
+        let mut out = String::new();
+        if !cause.is_empty() {
+            out.push_str("\nits stderr lines that look like the cause:\n");
+            out.push_str(&cause.join("\n"));
+        }
+        if !tail.is_empty() {
+            out.push_str("\nits last stderr lines:\n");
+            out.push_str(&tail);
+        }
+        out
+    }
+
+    /// The cause lines that are not among the last `n` lines.
+    pub fn cause_not_in_tail(&self, n: usize) -> Vec<&str> {
+        let skip = self.stderr.len().saturating_sub(n);
+        let shown: Vec<&String> = self.stderr.iter().skip(skip).collect();
+        self.cause
+            .iter()
+            .filter(|c| !shown.contains(c))
+            .map(String::as_str)
+            .collect()
+    }
+
     fn label(&self) -> String {
         match self.pid {
             Some(pid) => format!("generation {} (pid {pid})", self.id),
@@ -438,17 +571,185 @@ impl Generation {
     }
 }
 
-/// Counters for `status`.
+/// Whether a line of stderr looks like it says what went wrong.
+pub fn looks_like_a_cause(line: &str) -> bool {
+    const WORDS: [&str; 18] = [
+        "error",
+        "exception",
+        "panic",
+        "fatal",
+        "failed",
+        "failure",
+        "cannot ",
+        "can't ",
+        "could not",
+        "couldn't",
+        "unable to",
+        "denied",
+        "refused",
+        "no such file",
+        "not found",
+        "invalid",
+        "segmentation fault",
+        "abort",
+    ];
+    let lower = line.to_ascii_lowercase();
+    !lower
+        .trim_start()
+        .starts_with("traceback (most recent call last)")
+        && WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// A Python-style exception line: `SyntaxError: ...`, `ModuleNotFoundError`.
+fn is_exception_line(line: &str) -> bool {
+    let name = line.split(':').next().unwrap_or("");
+    !line.starts_with(char::is_whitespace)
+        && (name.ends_with("Error") || name.ends_with("Exception"))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// `line` with every run of digits as `#`: the same message from another
+/// worker (another pid, another time) is the same line.
+fn normalized(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut digits = false;
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            if !digits {
+                out.push('#');
+            }
+            digits = true;
+        } else {
+            out.push(c);
+            digits = false;
+        }
+    }
+    out
+}
+
+/// Counters for `status`, kept apart: starts of any kind, reloads (asked
+/// for, by the control socket or SIGHUP), crash restarts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {
-    /// Starts that were answered (the first start, reloads, restarts).
+    /// Reloads that were answered, done or failed (not the first start, not
+    /// crash restarts).
     pub reloads: u64,
     /// Of which failed.
     pub failed_reloads: u64,
     /// Restarts after the current generation died.
     pub restarts: u64,
-    /// The outcome of the last start.
+    /// Generations started (the first, reloads and crash restarts; an
+    /// in-place reload starts none).
+    #[serde(default)]
+    pub starts: u64,
+    /// The outcome of the last reload; if the generation it made current
+    /// died since, `crashed` says how.
     pub last_reload: Option<serde_json::Value>,
+    /// The last time the current generation died on its own.
+    #[serde(default)]
+    pub last_crash: Option<serde_json::Value>,
+}
+
+/// The readiness conditions a generation has met (for a start, or an
+/// in-place reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checks {
+    /// `READY=1` arrived (for an in-place reload: after `RELOADING=1`).
+    pub ready_sent: bool,
+    /// `RELOADING=1` arrived (in-place reloads).
+    pub reloading_sent: bool,
+    /// Probes (by index in the modes) whose last run passed.
+    pub passing: BTreeSet<usize>,
+    /// The last probe run that did not pass, for the error report.
+    pub last_probe: Option<String>,
+    /// The delays (`delay:`) are over.
+    #[serde(default)]
+    pub delays_over: bool,
+}
+
+impl Checks {
+    /// Whether every condition of `modes` holds.
+    fn met(&self, modes: &[ReadyMode]) -> bool {
+        modes.iter().enumerate().all(|(i, m)| match m {
+            ReadyMode::Notify => self.ready_sent,
+            ReadyMode::Delay(_) => self.delays_over,
+            ReadyMode::Exec(_) | ReadyMode::Http { .. } => self.passing.contains(&i),
+        })
+    }
+
+    /// Records a probe run; `Some(reason)` when it failed.
+    fn probe(
+        &mut self,
+        index: usize,
+        mode: Option<&ReadyMode>,
+        outcome: &ProbeOutcome,
+    ) -> Option<String> {
+        let name = mode.map(ToString::to_string).unwrap_or_default();
+        match outcome {
+            ProbeOutcome::Pass => {
+                self.passing.insert(index);
+                None
+            }
+            // An exec: probe's pass is final (see `Action::Probe`).
+            ProbeOutcome::Fail(_)
+                if matches!(mode, Some(ReadyMode::Exec(_))) && self.passing.contains(&index) =>
+            {
+                None
+            }
+            ProbeOutcome::Fail(why) => {
+                self.passing.remove(&index);
+                let why = format!("the probe {name} {why}");
+                self.last_probe = Some(why.clone());
+                Some(why)
+            }
+            ProbeOutcome::Unsure(why) => {
+                self.last_probe = Some(format!("the probe {name}: {why}"));
+                None
+            }
+        }
+    }
+}
+
+/// The end of the delays among `modes`, counted from `from`.
+fn delays_end(modes: &[ReadyMode], from: Mono) -> Option<Mono> {
+    modes
+        .iter()
+        .filter_map(|m| match m {
+            ReadyMode::Delay(d) => Some(from.after(*d)),
+            _ => None,
+        })
+        .max()
+}
+
+/// An in-place reload: the current generation got `--reload-signal` and
+/// reloads itself, keeping its pid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InPlace {
+    /// The generation.
+    pub id: u64,
+    /// Who waits for the outcome.
+    pub replies: Vec<ReplyId>,
+    /// When it was asked for.
+    pub asked: Mono,
+    /// When the signal is due (after the splay); `None` once sent.
+    pub signal_at: Option<Mono>,
+    /// When the signal was sent.
+    pub signalled: Option<Mono>,
+    /// When it fails if it is not done (the ready timeout, from the signal).
+    pub deadline: Option<Mono>,
+    /// When the delays of `--reload-ready` are over.
+    pub ready_at: Option<Mono>,
+    /// The conditions of `--reload-ready` met so far.
+    pub checks: Checks,
+    /// How long after the signal they were all met.
+    pub ready_after: Option<Duration>,
+    /// Once met: the end of the settle window.
+    pub settle_until: Option<Mono>,
+    /// It failed because the generation died: answered once it is gone (so
+    /// that the report has its last stderr lines).
+    pub failed: Option<String>,
 }
 
 /// A start in progress and who waits for it.
@@ -520,6 +821,9 @@ pub struct Machine {
     pub stop_replies: Vec<ReplyId>,
     /// Counters.
     pub stats: Stats,
+    /// The in-place reload in progress, if any.
+    #[serde(default)]
+    pub in_place: Option<InPlace>,
     /// Random state for the splay.
     rng_seed: u64,
 }
@@ -553,6 +857,7 @@ impl Machine {
             restarts: Restarts::default(),
             stop_replies: Vec::new(),
             stats: Stats::default(),
+            in_place: None,
             rng_seed: fastrand::u64(..),
         }
     }
@@ -572,7 +877,8 @@ impl Machine {
         self.gens.iter().find(|g| g.id == id)
     }
 
-    fn draining_replaced(&self) -> usize {
+    /// Replaced generations that still drain (what `max_draining` caps).
+    pub fn draining_replaced(&self) -> usize {
         self.gens
             .iter()
             .filter(
@@ -581,16 +887,35 @@ impl Machine {
             .count()
     }
 
+    /// Whether a reload has to wait for a replaced generation to be gone.
+    fn draining_full(&self) -> bool {
+        self.current().is_some() && self.draining_replaced() >= self.settings.max_draining.max(1)
+    }
+
+    /// The probes (exec:, http:) among `modes`, with their indices.
+    fn probes(modes: &[ReadyMode]) -> impl Iterator<Item = (usize, &ReadyMode)> {
+        modes.iter().enumerate().filter(|(_, m)| m.is_probe())
+    }
+
+    fn has_probes(&self) -> bool {
+        self.settings.ready.iter().any(ReadyMode::is_probe)
+    }
+
     /// When [`Event::Tick`] is next needed.
     pub fn next_deadline(&self) -> Option<Mono> {
         let mut times = vec![self.restarts.due, self.restarts.reset_at, self.stop_at];
         for g in &self.gens {
             match &g.state {
-                GenState::Starting { deadline, ready_at } => {
+                GenState::Starting {
+                    deadline,
+                    ready_at,
+                    hint_at,
+                    ..
+                } => {
                     times.push(Some(*deadline));
                     // Only once it runs: a delay counts from the start.
                     if g.pid.is_some() {
-                        times.push(*ready_at);
+                        times.extend([*ready_at, *hint_at]);
                     }
                 }
                 GenState::Settling { until } => times.push(Some(*until)),
@@ -598,6 +923,12 @@ impl Machine {
                 GenState::Draining(e) => {
                     times.extend([e.signal_at, e.kill_at, e.linger_until]);
                 }
+            }
+        }
+        if let Some(ip) = self.in_place.as_ref().filter(|ip| ip.failed.is_none()) {
+            times.extend([ip.signal_at, ip.settle_until]);
+            if ip.settle_until.is_none() {
+                times.extend([ip.deadline, ip.ready_at]);
             }
         }
         times.into_iter().flatten().min()
@@ -637,22 +968,23 @@ impl Machine {
                 pgid,
                 ready,
                 status,
-            } => self.notify(now, pid, pgid, ready, status, &mut out),
-            Event::ProbePassed { id } => {
-                if self
-                    .find(id)
-                    .is_some_and(|g| matches!(g.state, GenState::Starting { .. }))
-                {
-                    self.became_ready(now, id, &mut out);
-                }
+                reloading,
+                monotonic_usec,
+            } => {
+                let n = Notice {
+                    ready,
+                    reloading,
+                    monotonic_usec,
+                };
+                self.notify(now, pid, pgid, n, status, &mut out)
+            }
+            Event::ProbeResult { id, index, outcome } => {
+                self.probe_result(now, id, index, outcome, &mut out)
             }
             Event::Stderr { id, lines } => {
                 if let Some(g) = self.gen_mut(id) {
                     for line in lines {
-                        if g.stderr.len() == STDERR_TAIL {
-                            g.stderr.pop_front();
-                        }
-                        g.stderr.push_back(line);
+                        g.push_stderr(line);
                     }
                 }
             }
@@ -671,10 +1003,7 @@ impl Machine {
     fn start(&mut self, now: Mono, purpose: Purpose, replies: Vec<ReplyId>, out: &mut Vec<Action>) {
         let id = self.next_id;
         self.next_id += 1;
-        let ready_at = match &self.settings.ready {
-            ReadyMode::Delay(d) => Some(now.after(*d)),
-            _ => None,
-        };
+        self.stats.starts += 1;
         if purpose == Purpose::Reload && self.current().is_some() {
             out.push(Action::Notify(Sd::Reloading));
         }
@@ -684,7 +1013,9 @@ impl Machine {
             purpose,
             state: GenState::Starting {
                 deadline: now.after(self.settings.ready_timeout),
-                ready_at,
+                ready_at: delays_end(&self.settings.ready, now),
+                checks: Checks::default(),
+                hint_at: None,
             },
             started: now,
             started_unix_ms: 0,
@@ -692,6 +1023,7 @@ impl Machine {
             status: None,
             notified: false,
             stderr: VecDeque::new(),
+            cause: Vec::new(),
             stderr_closed: false,
         });
         self.in_flight = Some(InFlight {
@@ -703,26 +1035,39 @@ impl Machine {
     }
 
     fn spawned(&mut self, now: Mono, id: u64, pid: u32, unix_ms: u128, out: &mut Vec<Action>) {
-        let (probe, delay) = match &self.settings.ready {
-            ReadyMode::Exec(c) => (Some(c.clone()), None),
-            ReadyMode::Delay(d) => (None, Some(*d)),
-            ReadyMode::Notify => (None, None),
-        };
+        let ready_at = delays_end(&self.settings.ready, now);
+        let hint = (self.settings.ready.contains(&ReadyMode::Notify)
+            && NOTIFY_HINT < self.settings.ready_timeout)
+            .then(|| now.after(NOTIFY_HINT));
+        let probes: Vec<(usize, ReadyMode)> = Self::probes(&self.settings.ready)
+            .map(|(i, m)| (i, m.clone()))
+            .collect();
         let Some(g) = self.gen_mut(id) else { return };
         g.pid = Some(pid);
         g.started_unix_ms = unix_ms;
         // Readiness counts from when the process runs.
         g.started = now;
-        if let (GenState::Starting { ready_at, .. }, Some(d)) = (&mut g.state, delay) {
-            *ready_at = Some(now.after(d));
+        if let GenState::Starting {
+            ready_at: r,
+            hint_at,
+            ..
+        } = &mut g.state
+        {
+            *r = ready_at;
+            *hint_at = hint;
         }
         tracing::info!(
             generation = id,
             pid,
             "started a new generation; waiting until it is ready"
         );
-        if let Some(command) = probe {
-            out.push(Action::Probe { id, pid, command });
+        for (index, mode) in probes {
+            out.push(Action::Probe {
+                id,
+                pid,
+                index,
+                mode,
+            });
         }
     }
 
@@ -746,21 +1091,16 @@ impl Machine {
             }
             return;
         }
-        if let (Some(signal), Some(cur)) = (self.settings.reload_signal, self.current())
-            && let Some(pid) = cur.pid
-        {
-            tracing::info!(%signal, pid, "reload: signalled the current generation");
-            out.push(Action::Signal { pgid: pid, signal });
-            self.record(now, now, true, Some(pid), None);
-            if let Some(to) = reply {
-                out.push(Action::Reply {
-                    to,
-                    answer: json!({"ok": true, "signalled": signal.to_string(), "pid": pid}),
-                });
+        let replies: Vec<ReplyId> = reply.into_iter().collect();
+        if self.settings.reload_signal.is_some() && self.current().is_some() {
+            if self.in_place.is_some() || self.in_flight.is_some() {
+                // Answered by the in-place reload after the one in progress.
+                self.queued.get_or_insert_with(Vec::new).extend(replies);
+            } else {
+                self.begin_in_place(now, replies, out);
             }
             return;
         }
-        let replies: Vec<ReplyId> = reply.into_iter().collect();
         if self.in_flight.is_some() {
             // Answered by the start after the one in progress.
             self.queued.get_or_insert_with(Vec::new).extend(replies);
@@ -771,9 +1111,19 @@ impl Machine {
             let mut waiting = std::mem::take(&mut self.restarts.replies);
             waiting.extend(replies);
             self.start(now, Purpose::Reload, waiting, out);
-        } else if self.current().is_some() && self.draining_replaced() >= self.settings.max_draining
-        {
-            // Waits until an old generation has drained.
+        } else if self.draining_full() {
+            // Waits until an old generation has drained (--max-draining).
+            let draining = self.draining_replaced();
+            tracing::info!(
+                draining,
+                max_draining = self.settings.max_draining,
+                "reload waits: as many old generations drain as --max-draining allows; it \
+                 starts once one is gone (at the latest at its --stop-timeout)"
+            );
+            out.push(Action::Notify(Sd::Status(format!(
+                "reload waits: {draining} old generation(s) still drain (--max-draining {})",
+                self.settings.max_draining
+            ))));
             self.queued.get_or_insert_with(Vec::new).extend(replies);
         } else {
             self.start(now, Purpose::Reload, replies, out);
@@ -782,10 +1132,19 @@ impl Machine {
 
     /// Starts the queued reload if nothing stands in its way.
     fn start_queued(&mut self, now: Mono, out: &mut Vec<Action>) {
-        if self.phase != Phase::Running || self.in_flight.is_some() || self.queued.is_none() {
+        if self.phase != Phase::Running
+            || self.in_flight.is_some()
+            || self.in_place.is_some()
+            || self.queued.is_none()
+        {
             return;
         }
-        if self.current().is_some() && self.draining_replaced() >= self.settings.max_draining {
+        if self.settings.reload_signal.is_some() && self.current().is_some() {
+            let replies = self.queued.take().unwrap_or_default();
+            self.begin_in_place(now, replies, out);
+            return;
+        }
+        if self.draining_full() {
             return;
         }
         if self.restarts.due.is_some() {
@@ -794,6 +1153,209 @@ impl Machine {
         let mut replies = self.queued.take().unwrap_or_default();
         replies.append(&mut self.restarts.replies);
         self.start(now, Purpose::Reload, replies, out);
+    }
+
+    /// A random delay in [0, --splay).
+    fn splay_delay(&mut self) -> Duration {
+        let splay = self.settings.splay;
+        if splay.is_zero() {
+            return Duration::ZERO;
+        }
+        self.rng_seed = self
+            .rng_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let nanos = u64::try_from(splay.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos((self.rng_seed >> 11) % nanos)
+    }
+
+    /// An in-place reload of the current generation: `--reload-signal` (after
+    /// the splay), then wait until `--reload-ready` holds and the settle
+    /// window passed.
+    fn begin_in_place(&mut self, now: Mono, replies: Vec<ReplyId>, out: &mut Vec<Action>) {
+        let Some(id) = self.current().map(|g| g.id) else {
+            return;
+        };
+        out.push(Action::Notify(Sd::Reloading));
+        let delay = self.splay_delay();
+        self.in_place = Some(InPlace {
+            id,
+            replies,
+            asked: now,
+            signal_at: Some(now.after(delay)),
+            signalled: None,
+            deadline: None,
+            ready_at: None,
+            checks: Checks::default(),
+            ready_after: None,
+            settle_until: None,
+            failed: None,
+        });
+        self.in_place_due(now, out);
+    }
+
+    /// Moves the in-place reload on: sends the signal when due, and finishes
+    /// it once its conditions and the settle window hold, or fails it at its
+    /// deadline.
+    fn in_place_due(&mut self, now: Mono, out: &mut Vec<Action>) {
+        let (settle, timeout, scope) = (
+            self.settings.settle,
+            self.settings.ready_timeout,
+            self.settings.signal_scope,
+        );
+        let Some(signal) = self.settings.reload_signal else {
+            return;
+        };
+        let Some(id) = self
+            .in_place
+            .as_ref()
+            .filter(|ip| ip.failed.is_none())
+            .map(|ip| ip.id)
+        else {
+            return;
+        };
+        let Some(pid) = self.find(id).and_then(|g| g.pid) else {
+            return;
+        };
+        let probes: Vec<(usize, ReadyMode)> = Self::probes(&self.settings.reload_ready)
+            .map(|(i, m)| (i, m.clone()))
+            .collect();
+        let ready_at = delays_end(&self.settings.reload_ready, now);
+        let Some(ip) = self.in_place.as_mut() else {
+            return;
+        };
+        if ip.signal_at.is_some_and(|t| t <= now) {
+            ip.signal_at = None;
+            ip.signalled = Some(now);
+            ip.deadline = Some(now.after(timeout));
+            ip.ready_at = ready_at;
+            tracing::info!(generation = id, pid, %signal, ?scope,
+                "reload: signalled the current generation; waiting until it has reloaded in place");
+            out.push(Action::Signal {
+                pgid: pid,
+                signal,
+                scope,
+            });
+            for (index, mode) in probes {
+                out.push(Action::Probe {
+                    id,
+                    pid,
+                    index,
+                    mode,
+                });
+            }
+        }
+        let Some(signalled) = ip.signalled else {
+            return;
+        };
+        if ip.ready_at.is_some_and(|t| t <= now) {
+            ip.ready_at = None;
+        }
+        if ip.ready_at.is_none() {
+            ip.checks.delays_over = true;
+        }
+        if ip.settle_until.is_none() && ip.checks.met(&self.settings.reload_ready) {
+            ip.ready_after = Some(now.since(signalled));
+            if settle.is_zero() {
+                self.finish_in_place(now, Ok(()), out);
+                return;
+            }
+            ip.settle_until = Some(now.after(settle));
+            tracing::info!(generation = id, pid, settle = ?settle, "reloaded in place; settling");
+        }
+        if ip.settle_until.is_some_and(|t| t <= now) {
+            self.finish_in_place(now, Ok(()), out);
+        } else if ip.settle_until.is_none() && ip.deadline.is_some_and(|t| t <= now) {
+            let why = self.in_place_timeout_reason(pid, signal);
+            self.finish_in_place(now, Err(why), out);
+        }
+    }
+
+    fn in_place_timeout_reason(&self, pid: u32, signal: Signal) -> String {
+        let t = duration::format(self.settings.ready_timeout);
+        let Some(ip) = &self.in_place else {
+            return String::new();
+        };
+        let mut unmet = Vec::new();
+        for (i, m) in self.settings.reload_ready.iter().enumerate() {
+            match m {
+                ReadyMode::Notify if ip.checks.reloading_sent => unmet.push(
+                    "it sent RELOADING=1 but not READY=1 after it. Raise --ready-timeout if it \
+                     needs longer"
+                        .to_string(),
+                ),
+                ReadyMode::Notify => unmet.push(
+                    "it never sent RELOADING=1 (with --reload-ready notify the program must send \
+                     RELOADING=1 when it begins to reload and READY=1 when it is done: systemd's \
+                     Type=notify-reload contract)"
+                        .to_string(),
+                ),
+                ReadyMode::Exec(_) | ReadyMode::Http { .. } if !ip.checks.passing.contains(&i) => {
+                    unmet.push(probe_never_passed(m, &ip.checks))
+                }
+                _ => {}
+            }
+        }
+        format!(
+            "the in-place reload ({signal} to pid {pid}) was not done within {t}: {}",
+            unmet.join("; ")
+        )
+    }
+
+    /// The in-place reload ends with `result`.
+    fn finish_in_place(&mut self, now: Mono, result: Result<(), String>, out: &mut Vec<Action>) {
+        let Some(ip) = self.in_place.take() else {
+            return;
+        };
+        let signal = self
+            .settings
+            .reload_signal
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if self.settings.reload_ready.iter().any(ReadyMode::is_probe) {
+            out.push(Action::CancelProbe { id: ip.id });
+        }
+        let pid = self.find(ip.id).and_then(|g| g.pid);
+        let serving = self
+            .find(ip.id)
+            .is_some_and(|g| matches!(g.state, GenState::Current { .. }));
+        let answer = match &result {
+            Ok(()) => {
+                let ready_after = ip.ready_after.unwrap_or_default();
+                tracing::info!(generation = ip.id, pid, ready_after = ?ready_after, "reloaded in place");
+                out.push(Action::Notify(Sd::Ready("serving".into())));
+                json!({
+                    "ok": true, "in_place": true, "generation": ip.id, "pid": pid,
+                    "signalled": signal, "ready_after_ms": ms(ready_after),
+                    "took_ms": ms(now.since(ip.asked)),
+                })
+            }
+            Err(message) => {
+                tracing::error!(error = %message, "in-place reload failed");
+                if serving {
+                    out.push(Action::Notify(Sd::Ready(format!(
+                        "reload failed: {}",
+                        first_line(message)
+                    ))));
+                }
+                error_answer(message.clone())
+            }
+        };
+        self.record_reload(
+            now,
+            ip.asked,
+            result.as_ref().err().cloned(),
+            pid,
+            ip.id,
+            true,
+        );
+        for to in ip.replies {
+            out.push(Action::Reply {
+                to,
+                answer: answer.clone(),
+            });
+        }
+        self.start_queued(now, out);
     }
 
     fn signal(&mut self, now: Mono, sig: Signal, out: &mut Vec<Action>) {
@@ -815,12 +1377,14 @@ impl Machine {
                 _ => {}
             }
         } else {
+            let scope = self.settings.signal_scope;
             match self.current().and_then(|c| c.pid) {
                 Some(pid) => {
-                    tracing::info!(signal = %sig, pid, "forwarding a signal to the current generation");
+                    tracing::info!(signal = %sig, pid, ?scope, "forwarding a signal to the current generation");
                     out.push(Action::Signal {
                         pgid: pid,
                         signal: sig,
+                        scope,
                     });
                 }
                 None => tracing::warn!(signal = %sig, "no generation to forward the signal to"),
@@ -841,6 +1405,7 @@ impl Machine {
                 out.push(Action::Signal {
                     pgid: pid,
                     signal: Signal::KILL,
+                    scope: SignalScope::Group,
                 });
                 e.signal_at = None;
                 e.killed = true;
@@ -855,11 +1420,10 @@ impl Machine {
         now: Mono,
         pid: u32,
         pgid: Option<u32>,
-        ready: bool,
+        n: Notice,
         status: Option<String>,
         out: &mut Vec<Action>,
     ) {
-        let notify_mode = self.settings.ready == ReadyMode::Notify;
         let Some(g) = self
             .gens
             .iter_mut()
@@ -876,7 +1440,94 @@ impl Machine {
             g.status = Some(s);
         }
         let id = g.id;
-        if ready && notify_mode && matches!(g.state, GenState::Starting { .. }) {
+        let starting = matches!(g.state, GenState::Starting { .. });
+        if let Some(ip) = self
+            .in_place
+            .as_mut()
+            .filter(|ip| ip.id == id && ip.failed.is_none())
+            && let Some(signalled) = ip.signalled
+        {
+            // RELOADING=1 counts when it is newer than the signal (a stale
+            // datagram from before it carries an older MONOTONIC_USEC=).
+            let fresh = n
+                .monotonic_usec
+                .is_none_or(|us| Mono::at(Duration::from_micros(us)) >= signalled);
+            if n.reloading && fresh {
+                ip.checks.reloading_sent = true;
+            }
+            if n.ready && ip.checks.reloading_sent {
+                ip.checks.ready_sent = true;
+            }
+            self.in_place_due(now, out);
+            return;
+        }
+        if n.ready
+            && starting
+            && let Some(GenState::Starting { checks, .. }) = self.gen_mut(id).map(|g| &mut g.state)
+        {
+            checks.ready_sent = true;
+            self.check_ready(now, id, out);
+        }
+    }
+
+    /// One run of a probe of generation `id` ended.
+    fn probe_result(
+        &mut self,
+        now: Mono,
+        id: u64,
+        index: usize,
+        outcome: ProbeOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(ip) = self
+            .in_place
+            .as_mut()
+            .filter(|ip| ip.id == id && ip.failed.is_none())
+        {
+            let mode = self.settings.reload_ready.get(index);
+            let failed = ip.checks.probe(index, mode, &outcome);
+            if let (Some(why), Some(_)) = (failed, ip.settle_until) {
+                let pid = self.find(id).and_then(|g| g.pid).unwrap_or(0);
+                let message = format!(
+                    "generation {id} (pid {pid}) reloaded in place, then failed a readiness probe \
+                     while it settled: {why}"
+                );
+                self.finish_in_place(now, Err(message), out);
+                return;
+            }
+            self.in_place_due(now, out);
+            return;
+        }
+        let mode = self.settings.ready.get(index).cloned();
+        let Some(g) = self.gen_mut(id) else { return };
+        match &mut g.state {
+            GenState::Starting { checks, .. } => {
+                if let Some(why) = checks.probe(index, mode.as_ref(), &outcome) {
+                    tracing::debug!(generation = id, "{why}");
+                }
+                self.check_ready(now, id, out);
+            }
+            GenState::Settling { .. } if !matches!(mode, Some(ReadyMode::Exec(_))) => {
+                if let ProbeOutcome::Fail(why) = outcome {
+                    let name = mode.map(|m| m.to_string()).unwrap_or_default();
+                    let why = format!(
+                        "failed its readiness probe while it settled, after it was ready: the \
+                         probe {name} {why}"
+                    );
+                    self.end(now, id, EndReason::Failed(why), None, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Generation `id` (starting) may now meet every readiness condition.
+    fn check_ready(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
+        let Some(g) = self.find(id) else { return };
+        if let GenState::Starting { checks, .. } = &g.state
+            && g.pid.is_some()
+            && checks.met(&self.settings.ready)
+        {
             self.became_ready(now, id, out);
         }
     }
@@ -884,18 +1535,20 @@ impl Machine {
     /// Generation `id` (starting) is ready.
     fn became_ready(&mut self, now: Mono, id: u64, out: &mut Vec<Action>) {
         let settle = self.settings.settle;
-        let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
         let has_current = self.current().is_some();
         let Some(g) = self.gen_mut(id) else { return };
         g.ready_after = Some(now.since(g.started));
-        if exec {
-            out.push(Action::CancelProbe { id });
-        }
         if !settle.is_zero() && has_current {
             g.state = GenState::Settling {
                 until: now.after(settle),
             };
-            tracing::info!(generation = id, settle = ?settle, "generation is ready; settling");
+            let (pid, ready_after) = (g.pid, g.ready_after.unwrap_or_default());
+            tracing::info!(generation = id, pid, ready_after = ?ready_after, settle = ?settle,
+                "generation is ready; settling (the old one serves on until the window is over)");
+            out.push(Action::Notify(Sd::Status(format!(
+                "generation {id} is ready; settling for {}",
+                duration::format(settle)
+            ))));
             return;
         }
         self.promote(now, id, out);
@@ -908,22 +1561,34 @@ impl Machine {
             self.begin_ending(now, old, EndReason::Replaced, out);
         }
         let reset_after = self.settings.backoff_reset;
+        let probes = self.has_probes();
         let Some(g) = self.gen_mut(id) else { return };
+        // How long it settled: from ready to now.
+        let settled = matches!(g.state, GenState::Settling { .. })
+            .then(|| now.since(g.started.after(g.ready_after.unwrap_or_default())));
         g.state = GenState::Current { since: now };
-        let (pid, ready_after) = (g.pid, g.ready_after.unwrap_or_default());
+        let (pid, ready_after, purpose) = (g.pid, g.ready_after.unwrap_or_default(), g.purpose);
+        if probes {
+            out.push(Action::CancelProbe { id });
+        }
         self.restarts.reset_at = Some(now.after(reset_after));
-        tracing::info!(generation = id, pid, ready_after = ?ready_after, "generation is ready");
+        tracing::info!(generation = id, pid, ready_after = ?ready_after, "generation is ready and serves");
         out.push(Action::Notify(Sd::Ready("serving".into())));
         let started = self
             .in_flight
             .as_ref()
             .filter(|f| f.id == id)
             .map_or(now, |f| f.started);
-        self.record(now, started, true, pid, None);
-        let answer = json!({
+        if purpose == Purpose::Reload {
+            self.record_reload(now, started, None, pid, id, false);
+        }
+        let mut answer = json!({
             "ok": true, "generation": id, "pid": pid,
             "ready_after_ms": ms(ready_after), "took_ms": ms(now.since(started)),
         });
+        if let Some(s) = settled {
+            answer["settled_ms"] = json!(ms(s));
+        }
         if let Some(f) = self.in_flight.take_if(|f| f.id == id) {
             for to in f.replies {
                 out.push(Action::Reply {
@@ -950,23 +1615,19 @@ impl Machine {
         leader: Option<Status>,
         out: &mut Vec<Action>,
     ) {
-        let splay = self.settings.splay;
         let graceful = matches!(reason, EndReason::Replaced | EndReason::Stopping);
-        let delay = if graceful && !splay.is_zero() {
-            self.rng_seed = self
-                .rng_seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let nanos = u64::try_from(splay.as_nanos()).unwrap_or(u64::MAX).max(1);
-            Duration::from_nanos((self.rng_seed >> 11) % nanos)
+        let delay = if graceful {
+            self.splay_delay()
         } else {
             Duration::ZERO
         };
-        let exec = matches!(self.settings.ready, ReadyMode::Exec(_));
+        let probes = self.has_probes();
         let Some(g) = self.gen_mut(id) else { return };
         match &g.state {
             GenState::Draining(_) => return,
-            GenState::Starting { .. } if exec => out.push(Action::CancelProbe { id }),
+            GenState::Starting { .. } | GenState::Settling { .. } if probes => {
+                out.push(Action::CancelProbe { id })
+            }
             _ => {}
         }
         g.state = GenState::Draining(Ending {
@@ -978,6 +1639,7 @@ impl Machine {
             leader,
             group_empty: false,
             linger_until: None,
+            since: Some(now),
         });
         if let Some(pid) = g.pid {
             out.push(Action::WatchGroup { id, pgid: pid });
@@ -994,20 +1656,19 @@ impl Machine {
             return;
         };
         let Some(pid) = pid else { return };
+        let group = |signal| Action::Signal {
+            pgid: pid,
+            signal,
+            scope: SignalScope::Group,
+        };
         if e.signal_at.is_some_and(|t| t <= now) {
             e.signal_at = None;
             if !e.group_empty {
-                out.push(Action::Signal {
-                    pgid: pid,
-                    signal: stop_signal,
-                });
+                out.push(group(stop_signal));
                 // A stopped process acts on the stop signal only once it is
                 // continued (systemd does the same).
                 if stop_signal != Signal::KILL && stop_signal != Signal::CONT {
-                    out.push(Action::Signal {
-                        pgid: pid,
-                        signal: Signal::CONT,
-                    });
+                    out.push(group(Signal::CONT));
                 }
                 e.signalled |= e.leader.is_none();
                 e.kill_at = Some(now.after(stop_timeout));
@@ -1022,10 +1683,7 @@ impl Machine {
                         leader_exited = e.leader.is_some(),
                         "the generation did not end within its stop timeout; sending SIGKILL to its process group");
                 }
-                out.push(Action::Signal {
-                    pgid: pid,
-                    signal: Signal::KILL,
-                });
+                out.push(group(Signal::KILL));
                 e.killed = true;
                 e.signalled |= e.leader.is_none();
                 e.kill_at = Some(now.after(KILL_AGAIN));
@@ -1049,11 +1707,13 @@ impl Machine {
                 self.end(now, id, EndReason::Failed(why), Some(status), out);
             }
             GenState::Current { since } => {
+                let uptime = now.since(since);
                 tracing::error!(
-                    generation = id, pid, status = %status, uptime = ?now.since(since),
-                    stderr = %g.tail(5),
+                    generation = id, pid, status = %status, uptime = ?uptime,
+                    stderr = %g.tail(5), cause = %g.cause_not_in_tail(5).join("\n"),
                     "the current generation died on its own; starting a new one"
                 );
+                self.crashed(now, id, pid, status, uptime, out);
                 self.restarts.reset_at = None;
                 self.end(now, id, EndReason::Crashed, Some(status), out);
                 self.after_crash(now, id, status, out);
@@ -1066,6 +1726,49 @@ impl Machine {
             e.leader = Some(status);
         }
         self.check_gone(now, id, out);
+    }
+
+    /// Records that the current generation `id` died: counters, the last
+    /// reload if it made it current, and an in-place reload in progress.
+    fn crashed(
+        &mut self,
+        now: Mono,
+        id: u64,
+        pid: u32,
+        status: Status,
+        uptime: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        let crash = json!({
+            "generation": id, "pid": pid, "status": status.to_string(),
+            "uptime_ms": ms(uptime), "at_unix_ms": unix_ms(),
+        });
+        if let Some(last) = self.stats.last_reload.as_mut()
+            && last["generation"] == id
+            && last["ok"] == true
+        {
+            last["crashed"] = crash.clone();
+        }
+        self.stats.last_crash = Some(crash);
+        let probes = self.settings.reload_ready.iter().any(ReadyMode::is_probe);
+        if let Some(ip) = self
+            .in_place
+            .as_mut()
+            .filter(|ip| ip.id == id && ip.failed.is_none())
+        {
+            let signal = self
+                .settings
+                .reload_signal
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            ip.failed = Some(format!(
+                "generation {id} (pid {pid}) {status} during its in-place reload ({signal})"
+            ));
+            if probes {
+                out.push(Action::CancelProbe { id });
+            }
+        }
+        let _ = now;
     }
 
     /// The current generation `id` died: who serves next.
@@ -1187,12 +1890,18 @@ impl Machine {
                 if e.signalled {
                     message.push_str("; it was killed");
                 }
-                let tail = g.tail(10);
-                if !tail.is_empty() {
-                    message.push_str(&format!("\nits last stderr lines:\n{tail}"));
-                }
+                message.push_str(&g.report(10));
                 self.start_failed(now, id, g.purpose, message, out);
             }
+        }
+        if let Some(failed) = self
+            .in_place
+            .as_ref()
+            .filter(|ip| ip.id == id)
+            .and_then(|ip| ip.failed.clone())
+        {
+            let message = format!("{failed}{}", g.report(10));
+            self.finish_in_place(now, Err(message), out);
         }
         if let Phase::Stopping { error, .. } = &self.phase
             && self.gens.is_empty()
@@ -1219,7 +1928,9 @@ impl Machine {
         let Some(flight) = self.in_flight.take_if(|f| f.id == id) else {
             return;
         };
-        self.record(now, flight.started, false, None, Some(message.clone()));
+        if purpose == Purpose::Reload {
+            self.record_reload(now, flight.started, Some(message.clone()), None, id, false);
+        }
         for to in flight.replies {
             out.push(Action::Reply {
                 to,
@@ -1272,8 +1983,9 @@ impl Machine {
             Some(e) => format!("gave up: {}", first_line(e)),
             None => "stopping".to_string(),
         };
-        if let Some(e) = &error {
-            tracing::error!("{e}");
+        if error.is_some() {
+            // The reason is reported once, when handover exits.
+            tracing::info!("giving up: stopping every generation");
         }
         self.phase = Phase::Stopping {
             error: error.clone(),
@@ -1284,6 +1996,12 @@ impl Machine {
         let mut waiting: Vec<ReplyId> = Vec::new();
         if let Some(f) = self.in_flight.take() {
             waiting.extend(f.replies);
+        }
+        if let Some(ip) = self.in_place.take() {
+            if self.settings.reload_ready.iter().any(ReadyMode::is_probe) {
+                out.push(Action::CancelProbe { id: ip.id });
+            }
+            waiting.extend(ip.replies);
         }
         waiting.extend(self.queued.take().unwrap_or_default());
         waiting.append(&mut self.restarts.replies);
@@ -1356,10 +2074,13 @@ impl Machine {
         for id in ids {
             let Some(g) = self.find(id) else { continue };
             match g.state.clone() {
-                GenState::Starting { deadline, ready_at } => {
-                    if g.pid.is_some() && ready_at.is_some_and(|t| t <= now) {
-                        self.became_ready(now, id, out);
-                    } else if deadline <= now {
+                GenState::Starting { deadline, .. } => {
+                    self.starting_due(now, id);
+                    self.check_ready(now, id, out);
+                    if deadline <= now
+                        && let Some(g) = self.find(id)
+                        && matches!(g.state, GenState::Starting { .. })
+                    {
                         let why = self.timeout_reason(g);
                         self.begin_ending(now, id, EndReason::Failed(why), out);
                     }
@@ -1374,49 +2095,133 @@ impl Machine {
                 _ => {}
             }
         }
+        self.in_place_due(now, out);
     }
 
-    fn timeout_reason(&self, g: &Generation) -> String {
-        let t = duration::format(self.settings.ready_timeout);
-        match &self.settings.ready {
-            ReadyMode::Notify if g.notified => format!(
-                "was not ready within {t}: it wrote to NOTIFY_SOCKET but never sent READY=1. \
-                 Raise --ready-timeout if it needs longer"
-            ),
-            ReadyMode::Notify => format!(
-                "was not ready within {t}: it never wrote to NOTIFY_SOCKET. Make the program send \
-                 READY=1 there (sd_notify), or choose another --ready mode: delay:DURATION (ready \
-                 once it stays up that long) or exec:COMMAND (ready once a probe command exits 0)"
-            ),
-            ReadyMode::Delay(_) => format!("was not ready within {t}"),
-            ReadyMode::Exec(c) => {
-                format!("was not ready within {t}: the probe {c:?} never exited 0")
+    /// A starting generation's timers: its delays, and the hint for a
+    /// program that never writes to `NOTIFY_SOCKET`.
+    fn starting_due(&mut self, now: Mono, id: u64) {
+        let timeout = self.settings.ready_timeout;
+        let Some(g) = self.gen_mut(id) else { return };
+        let (pid, notified) = (g.pid, g.notified);
+        let GenState::Starting {
+            ready_at,
+            hint_at,
+            checks,
+            ..
+        } = &mut g.state
+        else {
+            return;
+        };
+        if pid.is_none() {
+            return;
+        }
+        if ready_at.is_some_and(|t| t <= now) {
+            *ready_at = None;
+        }
+        if ready_at.is_none() {
+            checks.delays_over = true;
+        }
+        if hint_at.is_some_and(|t| t <= now) {
+            *hint_at = None;
+            if !notified {
+                tracing::warn!(
+                    generation = id,
+                    pid,
+                    "generation {id} has written nothing to NOTIFY_SOCKET after {}: with --ready \
+                     notify it is ready only once it sends READY=1 there (sd_notify). If the \
+                     program does not speak sd_notify it will fail at --ready-timeout ({}): use \
+                     --ready delay:DURATION, exec:COMMAND or http:PATH instead",
+                    duration::format(NOTIFY_HINT),
+                    duration::format(timeout),
+                );
             }
         }
     }
 
-    fn record(
+    fn timeout_reason(&self, g: &Generation) -> String {
+        let t = duration::format(self.settings.ready_timeout);
+        let GenState::Starting { checks, .. } = &g.state else {
+            return format!("was not ready within {t}");
+        };
+        let mut unmet = Vec::new();
+        for (i, m) in self.settings.ready.iter().enumerate() {
+            match m {
+                ReadyMode::Notify if checks.ready_sent => {}
+                ReadyMode::Notify if g.notified => unmet.push(
+                    "it wrote to NOTIFY_SOCKET but never sent READY=1. Raise --ready-timeout if \
+                     it needs longer"
+                        .to_string(),
+                ),
+                ReadyMode::Notify => unmet.push(
+                    "it never wrote to NOTIFY_SOCKET. Make the program send READY=1 there \
+                     (sd_notify), or choose another --ready mode: delay:DURATION (ready once it \
+                     stays up that long), exec:COMMAND (ready once a probe command exits 0) or \
+                     http:PATH (ready once the new generation answers GET PATH on its socket)"
+                        .to_string(),
+                ),
+                ReadyMode::Delay(d) if !checks.delays_over => unmet.push(format!(
+                    "its delay:{} is longer than --ready-timeout",
+                    duration::format(*d)
+                )),
+                ReadyMode::Exec(_) | ReadyMode::Http { .. } if !checks.passing.contains(&i) => {
+                    unmet.push(probe_never_passed(m, checks))
+                }
+                _ => {}
+            }
+        }
+        if unmet.is_empty() {
+            format!("was not ready within {t}")
+        } else {
+            format!("was not ready within {t}: {}", unmet.join("; "))
+        }
+    }
+
+    /// Records the outcome of a reload (`error`: it failed).
+    fn record_reload(
         &mut self,
         now: Mono,
         started: Mono,
-        ok: bool,
-        pid: Option<u32>,
         error: Option<String>,
+        pid: Option<u32>,
+        generation: u64,
+        in_place: bool,
     ) {
         let st = &mut self.stats;
         st.reloads += 1;
+        let ok = error.is_none();
         if !ok {
             st.failed_reloads += 1;
         }
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
         st.last_reload = Some(json!({
-            "ok": ok, "pid": pid, "error": error,
-            "at_unix_ms": at, "took_ms": ms(now.since(started)),
+            "ok": ok, "pid": pid, "error": error, "generation": generation,
+            "in_place": in_place, "at_unix_ms": unix_ms(), "took_ms": ms(now.since(started)),
         }));
     }
+}
+
+/// What a notify datagram says, beyond `STATUS=`.
+#[derive(Debug, Clone, Copy)]
+struct Notice {
+    ready: bool,
+    reloading: bool,
+    monotonic_usec: Option<u64>,
+}
+
+/// "the probe P never passed (last: ...)".
+fn probe_never_passed(mode: &ReadyMode, checks: &Checks) -> String {
+    let mut s = format!("the probe {mode} never passed");
+    if let Some(last) = &checks.last_probe {
+        s.push_str(&format!(" (last run: {last})"));
+    }
+    s
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// An error answer.
@@ -1467,13 +2272,15 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
-            ready: ReadyMode::Notify,
+            ready: vec![ReadyMode::Notify],
             ready_timeout: Duration::from_secs(60),
             settle: Duration::ZERO,
             stop_signal: Signal::TERM,
             stop_timeout: Duration::from_secs(30),
             splay: Duration::ZERO,
             reload_signal: None,
+            reload_ready: Vec::new(),
+            signal_scope: SignalScope::Main,
             max_backoff: Duration::from_secs(30),
             backoff_reset: BACKOFF_RESET,
             start_limit_burst: 5,
@@ -1520,6 +2327,8 @@ mod tests {
                     pgid: Some(pid(id)),
                     ready: true,
                     status: Some("serving".into()),
+                    reloading: false,
+                    monotonic_usec: None,
                 },
             )
         }
@@ -1533,6 +2342,14 @@ mod tests {
                 a.contains(&Action::Notify(Sd::Ready("serving".into()))),
                 "{a:?}"
             );
+            assert_eq!(self.current(), Some(1));
+        }
+
+        /// The first generation, made ready by `ready`.
+        fn first_with(&mut self, ms: u64, ready: impl FnOnce(&mut H)) {
+            self.ev(ms, Event::Start);
+            self.spawned(ms, 1);
+            ready(self);
             assert_eq!(self.current(), Some(1));
         }
 
@@ -1561,16 +2378,77 @@ mod tests {
         fn ids(&self) -> Vec<u64> {
             self.m.gens.iter().map(|g| g.id).collect()
         }
+
+        /// A notify datagram from generation `id`'s main process.
+        fn notice(
+            &mut self,
+            ms: u64,
+            id: u64,
+            ready: bool,
+            reloading: bool,
+            usec: Option<u64>,
+        ) -> Vec<Action> {
+            self.ev(
+                ms,
+                Event::Notify {
+                    pid: pid(id),
+                    pgid: Some(pid(id)),
+                    ready,
+                    status: None,
+                    reloading,
+                    monotonic_usec: usec,
+                },
+            )
+        }
+
+        fn probe(&mut self, ms: u64, id: u64, index: usize, outcome: ProbeOutcome) -> Vec<Action> {
+            self.ev(ms, Event::ProbeResult { id, index, outcome })
+        }
+
+        /// A reload asked for with reply `r`, its generation `id` spawned.
+        fn reload(&mut self, ms: u64, r: u64, id: u64) -> Vec<Action> {
+            let mut a = self.ev(
+                ms,
+                Event::Reload {
+                    reply: Some(ReplyId(r)),
+                },
+            );
+            a.extend(self.spawned(ms, id));
+            a
+        }
+    }
+
+    /// `MONOTONIC_USEC=` of the time `t(ms)`.
+    fn usec(ms: u64) -> u64 {
+        t(ms).since(Mono::at(Duration::ZERO)).as_micros() as u64
+    }
+
+    fn error_of(actions: &[Action]) -> String {
+        let r = replies(actions);
+        assert_eq!(r.len(), 1, "{actions:?}");
+        assert_eq!(r[0].1["ok"], false, "{r:?}");
+        r[0].1["error"].as_str().unwrap().to_string()
     }
 
     fn pid(id: u64) -> u32 {
         100 * id as u32
     }
 
+    /// A signal to generation `id`'s whole process group.
     fn sig(id: u64, signal: Signal) -> Action {
         Action::Signal {
             pgid: pid(id),
             signal,
+            scope: SignalScope::Group,
+        }
+    }
+
+    /// A signal to generation `id`'s main process.
+    fn sig_main(id: u64, signal: Signal) -> Action {
+        Action::Signal {
+            pgid: pid(id),
+            signal,
+            scope: SignalScope::Main,
         }
     }
 
@@ -1636,6 +2514,8 @@ mod tests {
                 pgid: Some(pid(2)),
                 ready: true,
                 status: None,
+                reloading: false,
+                monotonic_usec: None,
             },
         );
         assert_eq!(h.current(), Some(2));
@@ -1665,7 +2545,9 @@ mod tests {
         assert_eq!(h.ids(), vec![1, 2], "stderr still open: lingers");
         h.ev(2000, Event::StderrClosed { id: 1 });
         assert_eq!(h.ids(), vec![2]);
-        assert_eq!(h.m.stats.reloads, 2);
+        // The first start is a start, not a reload.
+        assert_eq!(h.m.stats.reloads, 1);
+        assert_eq!(h.m.stats.starts, 2);
         assert_eq!(h.m.stats.failed_reloads, 0);
     }
 
@@ -2171,12 +3053,13 @@ mod tests {
     }
 
     #[test]
-    fn signals_other_than_hup_term_int_go_to_the_current_generations_group() {
+    fn signals_other_than_hup_term_int_go_to_the_current_generation() {
         let mut h = H::new(settings());
         h.first(0);
+        // --signal-scope main (the default): its main process only.
         assert_eq!(
             h.ev(10, Event::Signal(Signal::USR1)),
-            vec![sig(1, Signal::USR1)]
+            vec![sig_main(1, Signal::USR1)]
         );
         assert_eq!(spawns(&h.ev(10, Event::Signal(Signal::HUP))), vec![2]);
     }
@@ -2193,7 +3076,7 @@ mod tests {
                 reply: Some(ReplyId(1)),
             },
         );
-        assert!(a.contains(&sig(1, Signal::USR2)));
+        assert!(a.contains(&sig_main(1, Signal::USR2)));
         assert_eq!(replies(&a)[0].1["signalled"], "SIGUSR2");
         assert!(spawns(&a).is_empty());
     }
@@ -2201,7 +3084,7 @@ mod tests {
     #[test]
     fn delay_and_exec_readiness() {
         let mut s = settings();
-        s.ready = ReadyMode::Delay(Duration::from_millis(500));
+        s.ready = vec![ReadyMode::Delay(Duration::from_millis(500))];
         let mut h = H::new(s);
         h.ev(0, Event::Start);
         h.spawned(100, 1);
@@ -2210,7 +3093,7 @@ mod tests {
         assert_eq!(h.current(), Some(1));
 
         let mut s = settings();
-        s.ready = ReadyMode::Exec("true".into());
+        s.ready = vec![ReadyMode::Exec("true".into())];
         let mut h = H::new(s);
         h.ev(0, Event::Start);
         let a = h.spawned(0, 1);
@@ -2219,13 +3102,21 @@ mod tests {
             vec![Action::Probe {
                 id: 1,
                 pid: pid(1),
-                command: "true".into()
+                index: 0,
+                mode: ReadyMode::Exec("true".into()),
             }]
         );
         // READY=1 does not count in exec mode.
         h.ready(10, 1);
         assert_eq!(h.current(), None);
-        let a = h.ev(20, Event::ProbePassed { id: 1 });
+        let a = h.ev(
+            20,
+            Event::ProbeResult {
+                id: 1,
+                index: 0,
+                outcome: ProbeOutcome::Pass,
+            },
+        );
         assert_eq!(a[0], Action::CancelProbe { id: 1 });
         assert_eq!(h.current(), Some(1));
     }
@@ -2326,6 +3217,8 @@ mod tests {
                 pgid: None,
                 ready: true,
                 status: None,
+                reloading: false,
+                monotonic_usec: None,
             },
         );
         assert_eq!(replies(&a)[0].0, ReplyId(1));
@@ -2345,8 +3238,664 @@ mod tests {
                 pgid: Some(77),
                 ready: true,
                 status: None,
+                reloading: false,
+                monotonic_usec: None,
             },
         );
         assert_eq!(h.current(), None);
+    }
+
+    #[test]
+    fn a_new_generation_that_dies_while_it_settles_fails_the_reload_and_nothing_restarts() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        h.reload(1000, 1, 2);
+        let a = h.ready(1300, 2);
+        // Ready, but the old one serves on: no stop signal, no answer yet.
+        assert!(!a.contains(&sig(1, Signal::TERM)), "{a:?}");
+        assert!(replies(&a).is_empty());
+        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.m.next_deadline(), Some(t(3300)));
+        // Its workers fail to boot; the master says why and exits.
+        h.ev(
+            1400,
+            Event::Stderr {
+                id: 2,
+                lines: vec![
+                    "[INFO] Booting worker with pid: 17".into(),
+                    "[ERROR] Exception in worker process".into(),
+                    "Traceback (most recent call last):".into(),
+                    "  File \"/srv/app.py\", line 6".into(),
+                    "    def broken(".into(),
+                    "              ^".into(),
+                    "SyntaxError: '(' was never closed".into(),
+                    "[ERROR] Exception in worker process".into(),
+                ]
+                .into_iter()
+                .chain((0..30).map(|i| format!("  noise {i}")))
+                .chain(["[ERROR] Reason: Worker failed to boot.".to_string()])
+                .collect(),
+            },
+        );
+        let a = h.gone(1500, 2, Status::Code(3));
+        let e = error_of(&a);
+        assert!(
+            e.starts_with("the new generation 2 (pid 200) exited while it settled, after it was ready: it exited with code 3"),
+            "{e}"
+        );
+        // The lines that say why, though far from the last ones, once each.
+        assert!(
+            e.contains("its stderr lines that look like the cause:\n[ERROR] Exception in worker process\n  File \"/srv/app.py\", line 6\n    def broken(\n              ^\nSyntaxError: '(' was never closed\n"),
+            "{e}"
+        );
+        assert_eq!(e.matches("Exception in worker process").count(), 1, "{e}");
+        assert!(e.contains("its last stderr lines:\n"), "{e}");
+        assert!(e.ends_with("[ERROR] Reason: Worker failed to boot."), "{e}");
+        // The old generation serves on, alone; no crash restart of the new
+        // version is scheduled.
+        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.ids(), vec![1]);
+        assert_eq!(h.m.restarts.due, None);
+        assert!(spawns(&h.ev(60_000, Event::Tick)).is_empty());
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert_eq!(h.m.stats.restarts, 0);
+        assert_eq!(h.m.stats.last_reload.as_ref().unwrap()["ok"], false);
+    }
+
+    #[test]
+    fn the_first_start_does_not_settle() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        assert_eq!(h.m.stats.reloads, 0);
+        assert_eq!(h.m.stats.starts, 1);
+    }
+
+    #[test]
+    fn a_reload_answer_says_how_long_it_settled() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        let mut h = H::new(s);
+        h.first(0);
+        h.reload(1000, 1, 2);
+        h.ready(1300, 2);
+        let a = h.ev(3300, Event::Tick);
+        let r = replies(&a);
+        assert_eq!(r[0].1["ready_after_ms"], 300.0);
+        assert_eq!(r[0].1["settled_ms"], 2000.0);
+        assert_eq!(r[0].1["took_ms"], 2300.0);
+        assert!(a.contains(&sig(1, Signal::TERM)));
+    }
+
+    #[test]
+    fn every_readiness_condition_must_hold_in_any_order() {
+        let mut s = settings();
+        s.ready = vec![
+            ReadyMode::Notify,
+            ReadyMode::Http {
+                socket: None,
+                path: "/health".into(),
+            },
+            ReadyMode::Delay(Duration::from_millis(500)),
+        ];
+        let mut h = H::new(s);
+        h.ev(0, Event::Start);
+        let a = h.spawned(0, 1);
+        assert_eq!(
+            a,
+            vec![Action::Probe {
+                id: 1,
+                pid: pid(1),
+                index: 1,
+                mode: ReadyMode::Http {
+                    socket: None,
+                    path: "/health".into()
+                },
+            }]
+        );
+        h.probe(100, 1, 1, ProbeOutcome::Pass);
+        h.ready(200, 1);
+        assert_eq!(h.current(), None, "the delay is not over");
+        // A probe that fails again takes its pass back.
+        h.probe(300, 1, 1, ProbeOutcome::Fail("answered 503".into()));
+        h.ev(500, Event::Tick);
+        assert_eq!(h.current(), None);
+        // Another generation answering proves nothing either way.
+        h.probe(600, 1, 1, ProbeOutcome::Unsure("another generation".into()));
+        assert_eq!(h.current(), None);
+        let a = h.probe(700, 1, 1, ProbeOutcome::Pass);
+        assert_eq!(h.current(), Some(1));
+        assert!(a.contains(&Action::CancelProbe { id: 1 }));
+        // A deadline in the past is never asked for again.
+        assert_eq!(h.m.next_deadline(), Some(t(10_700)));
+    }
+
+    #[test]
+    fn a_probe_that_never_passes_is_named_in_the_error_with_its_last_run() {
+        let mut s = settings();
+        s.ready = vec![
+            ReadyMode::Notify,
+            ReadyMode::Http {
+                socket: None,
+                path: "/health".into(),
+            },
+        ];
+        s.ready_timeout = Duration::from_secs(5);
+        let mut h = H::new(s);
+        h.first_with(0, |h| {
+            h.ready(10, 1);
+            h.probe(20, 1, 1, ProbeOutcome::Pass);
+        });
+        h.reload(1000, 1, 2);
+        h.ready(1100, 2);
+        h.probe(
+            1200,
+            2,
+            1,
+            ProbeOutcome::Unsure("another generation accepted its connection".into()),
+        );
+        let a = h.ev(6000, Event::Tick);
+        assert!(a.contains(&Action::CancelProbe { id: 2 }), "{a:?}");
+        let a = h.gone(6100, 2, Status::Code(0));
+        let e = error_of(&a);
+        assert!(
+            e.contains("was not ready within 5s: the probe http:/health never passed (last run: the probe http:/health: another generation accepted its connection)"),
+            "{e}"
+        );
+        assert!(!e.contains("NOTIFY_SOCKET"), "READY=1 came: {e}");
+    }
+
+    #[test]
+    fn an_http_probe_that_fails_while_the_generation_settles_fails_the_reload() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        s.ready = vec![ReadyMode::Http {
+            socket: None,
+            path: "/health".into(),
+        }];
+        let mut h = H::new(s);
+        h.first_with(0, |h| {
+            h.probe(10, 1, 0, ProbeOutcome::Pass);
+        });
+        h.reload(1000, 1, 2);
+        let a = h.probe(1100, 2, 0, ProbeOutcome::Pass);
+        assert!(
+            !a.contains(&Action::CancelProbe { id: 2 }),
+            "probes go on while it settles"
+        );
+        assert_eq!(h.state(2).map(GenState::name), Some("settling"));
+        // Another generation answering proves nothing.
+        let a = h.probe(
+            1200,
+            2,
+            0,
+            ProbeOutcome::Unsure("another generation".into()),
+        );
+        assert!(a.is_empty(), "{a:?}");
+        let a = h.probe(
+            1300,
+            2,
+            0,
+            ProbeOutcome::Fail("answered 503 Service Unavailable".into()),
+        );
+        assert!(a.contains(&Action::CancelProbe { id: 2 }), "{a:?}");
+        assert!(a.contains(&sig(2, Signal::TERM)), "{a:?}");
+        let e = error_of(&h.gone(1400, 2, Status::Code(0)));
+        assert!(
+            e.contains("failed its readiness probe while it settled, after it was ready: the probe http:/health answered 503 Service Unavailable"),
+            "{e}"
+        );
+        assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn an_exec_probe_passes_once_for_all() {
+        let mut s = settings();
+        s.settle = Duration::from_secs(2);
+        s.ready = vec![ReadyMode::Notify, ReadyMode::Exec("check".into())];
+        let mut h = H::new(s);
+        h.first_with(0, |h| {
+            h.ready(10, 1);
+            h.probe(20, 1, 1, ProbeOutcome::Pass);
+        });
+        h.reload(1000, 1, 2);
+        h.probe(1100, 2, 1, ProbeOutcome::Pass);
+        // A later run answered by the old generation (a failure to a probe
+        // that checks HANDOVER_PID) does not take it back...
+        h.probe(1200, 2, 1, ProbeOutcome::Fail("exited with code 1".into()));
+        h.ready(1300, 2);
+        assert_eq!(h.state(2).map(GenState::name), Some("settling"));
+        // ...nor fail the reload while it settles.
+        let a = h.probe(1400, 2, 1, ProbeOutcome::Fail("exited with code 1".into()));
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(replies(&h.ev(3300, Event::Tick))[0].1["ok"], true);
+    }
+
+    #[test]
+    fn reloads_do_not_wait_for_draining_generations_up_to_max_draining() {
+        let mut s = settings();
+        s.max_draining = 2;
+        let mut h = H::new(s);
+        h.first(0);
+        h.reload(1000, 1, 2);
+        h.ready(1100, 2);
+        // Generation 1 drains (a long request); the next reload starts now.
+        let a = h.reload(1200, 2, 3);
+        assert_eq!(spawns(&a), vec![3]);
+        let a = h.ready(1300, 3);
+        assert_eq!(replies(&a)[0].1["generation"], 3);
+        assert_eq!(h.m.draining_replaced(), 2);
+        // Each keeps its own stop deadline.
+        let kill_at = |h: &H, id| match h.state(id) {
+            Some(GenState::Draining(e)) => e.kill_at,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kill_at(&h, 1), Some(t(31_100)));
+        assert_eq!(kill_at(&h, 2), Some(t(31_300)));
+        // A third reload would make three drain: it waits.
+        let a = h.ev(
+            1400,
+            Event::Reload {
+                reply: Some(ReplyId(3)),
+            },
+        );
+        assert!(spawns(&a).is_empty(), "{a:?}");
+        assert!(
+            statuses(&a)
+                .iter()
+                .any(|s| s.starts_with("reload waits: 2 old generation(s) still drain")),
+            "{a:?}"
+        );
+        // Generation 1 reaches its stop timeout first: SIGKILL, gone, and the
+        // waiting reload starts.
+        assert!(h.ev(31_100, Event::Tick).contains(&sig(1, Signal::KILL)));
+        assert!(!h.ev(31_100, Event::Tick).contains(&sig(2, Signal::KILL)));
+        let a = h.gone(
+            31_150,
+            1,
+            Status::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        assert_eq!(spawns(&a), vec![4]);
+    }
+
+    #[test]
+    fn with_max_draining_1_at_most_two_generations_exist() {
+        let mut s = settings();
+        s.settle = Duration::from_millis(500);
+        let mut h = H::new(s);
+        h.first(0);
+        let mut most = 0;
+        let mut now = 1000;
+        for r in 1..=5u64 {
+            h.ev(
+                now,
+                Event::Reload {
+                    reply: Some(ReplyId(r)),
+                },
+            );
+            most = most.max(h.ids().len());
+        }
+        for id in 2..=3u64 {
+            h.spawned(now, id);
+            h.ready(now + 100, id);
+            most = most.max(h.ids().len());
+            now += 600;
+            h.ev(now, Event::Tick);
+            most = most.max(h.ids().len());
+            h.gone(now + 100, id - 1, Status::Code(0));
+            most = most.max(h.ids().len());
+            now += 200;
+        }
+        assert_eq!(most, 2);
+        assert_eq!(h.current(), Some(3));
+    }
+
+    fn in_place(reload_ready: Vec<ReadyMode>) -> H {
+        let mut s = settings();
+        s.reload_signal = Some(Signal::USR2);
+        s.reload_ready = reload_ready;
+        s.settle = Duration::from_secs(1);
+        s.ready_timeout = Duration::from_secs(10);
+        let mut h = H::new(s);
+        h.first(0);
+        h
+    }
+
+    #[test]
+    fn an_in_place_reload_waits_for_reloading_then_ready_then_the_settle_window() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert_eq!(
+            a,
+            vec![Action::Notify(Sd::Reloading), sig_main(1, Signal::USR2)]
+        );
+        // READY=1 before RELOADING=1 (a periodic one, say) does not count;
+        // nor does a RELOADING=1 from before the signal.
+        assert!(replies(&h.notice(1010, 1, true, false, None)).is_empty());
+        assert!(replies(&h.notice(1020, 1, false, true, Some(usec(900)))).is_empty());
+        h.notice(1030, 1, true, false, None);
+        assert!(!h.m.in_place.as_ref().unwrap().checks.reloading_sent);
+        h.notice(1100, 1, false, true, Some(usec(1050)));
+        let a = h.notice(1500, 1, true, false, None);
+        assert!(replies(&a).is_empty(), "it settles first");
+        assert_eq!(h.m.next_deadline(), Some(t(2500)));
+        let a = h.ev(2500, Event::Tick);
+        let r = replies(&a);
+        assert_eq!(r[0].1["ok"], true);
+        assert_eq!(r[0].1["in_place"], true);
+        assert_eq!(r[0].1["pid"], pid(1));
+        assert_eq!(r[0].1["ready_after_ms"], 500.0);
+        assert!(a.contains(&Action::Notify(Sd::Ready("serving".into()))));
+        assert_eq!(h.m.stats.reloads, 1);
+        assert_eq!(h.m.stats.starts, 1, "no generation was started");
+        assert_eq!(h.current(), Some(1));
+    }
+
+    #[test]
+    fn an_in_place_reload_that_never_says_ready_fails_at_the_timeout() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.notice(1100, 1, false, true, None);
+        let a = h.ev(11_000, Event::Tick);
+        let e = error_of(&a);
+        assert!(
+            e.starts_with("the in-place reload (SIGUSR2 to pid 100) was not done within 10s: it sent RELOADING=1 but not READY=1"),
+            "{e}"
+        );
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert!(h.m.in_place.is_none());
+        // It never said RELOADING=1 at all: the error says what is expected.
+        h.ev(
+            12_000,
+            Event::Reload {
+                reply: Some(ReplyId(2)),
+            },
+        );
+        let e = error_of(&h.ev(22_000, Event::Tick));
+        assert!(
+            e.contains("it never sent RELOADING=1") && e.contains("Type=notify-reload"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_program_that_dies_during_its_in_place_reload_fails_it_with_its_stderr_then_restarts() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.notice(1100, 1, false, true, None);
+        h.ev(
+            1200,
+            Event::Stderr {
+                id: 1,
+                lines: vec!["config error: unknown key 'wrokers'".into()],
+            },
+        );
+        let a = h.ev(
+            1300,
+            Event::Exited {
+                pid: pid(1),
+                status: Status::Code(1),
+            },
+        );
+        assert!(replies(&a).is_empty(), "answered once its stderr is in");
+        let mut a = h.ev(1300, Event::GroupEmpty { id: 1 });
+        a.extend(h.ev(1300, Event::StderrClosed { id: 1 }));
+        let e = error_of(&a);
+        assert!(
+            e.starts_with(
+                "generation 1 (pid 100) exited with code 1 during its in-place reload (SIGUSR2)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("config error: unknown key 'wrokers'"), "{e}");
+        // Nothing serves: a crash restart is due, as for any crash.
+        assert!(h.m.restarts.due.is_some());
+        assert_eq!(h.m.stats.failed_reloads, 1);
+        assert_eq!(
+            h.m.stats.last_crash.as_ref().unwrap()["status"],
+            "exited with code 1"
+        );
+    }
+
+    #[test]
+    fn reloads_during_an_in_place_reload_are_answered_by_the_next_one() {
+        let mut h = in_place(Vec::new());
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert!(a.contains(&sig_main(1, Signal::USR2)));
+        let a = h.ev(
+            1100,
+            Event::Reload {
+                reply: Some(ReplyId(2)),
+            },
+        );
+        assert!(a.is_empty(), "{a:?}");
+        h.ev(
+            1200,
+            Event::Reload {
+                reply: Some(ReplyId(3)),
+            },
+        );
+        // Without --reload-ready: done once it stayed up for the settle window.
+        let a = h.ev(2000, Event::Tick);
+        assert_eq!(
+            replies(&a).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![ReplyId(1)]
+        );
+        assert!(
+            a.contains(&sig_main(1, Signal::USR2)),
+            "the next one starts: {a:?}"
+        );
+        let a = h.ev(3000, Event::Tick);
+        assert_eq!(
+            replies(&a).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![ReplyId(2), ReplyId(3)]
+        );
+        assert_eq!(h.m.stats.reloads, 2);
+    }
+
+    #[test]
+    fn in_place_probes_run_after_the_signal_and_a_failure_while_settling_fails_it() {
+        let health = ReadyMode::Http {
+            socket: None,
+            path: "/health".into(),
+        };
+        let mut h = in_place(vec![health.clone()]);
+        let a = h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        assert!(a.contains(&Action::Probe {
+            id: 1,
+            pid: pid(1),
+            index: 0,
+            mode: health,
+        }));
+        h.probe(1100, 1, 0, ProbeOutcome::Pass);
+        let a = h.probe(
+            1300,
+            1,
+            0,
+            ProbeOutcome::Fail("answered 500 Internal Server Error".into()),
+        );
+        assert!(a.contains(&Action::CancelProbe { id: 1 }));
+        let e = error_of(&a);
+        assert!(
+            e.contains("reloaded in place, then failed a readiness probe while it settled: the probe http:/health answered 500 Internal Server Error"),
+            "{e}"
+        );
+        assert!(a.contains(&Action::Notify(Sd::Ready(format!("reload failed: {e}")))));
+    }
+
+    #[test]
+    fn the_splay_delays_the_reload_signal() {
+        let mut s = settings();
+        s.reload_signal = Some(Signal::HUP);
+        s.splay = Duration::from_secs(1);
+        let mut h = H::new(s);
+        h.first(0);
+        let a = h.ev(1000, Event::Reload { reply: None });
+        let due = h.m.in_place.as_ref().unwrap().signal_at;
+        if let Some(at) = due {
+            assert!(!a.contains(&sig_main(1, Signal::HUP)));
+            assert!(at < t(2000));
+            assert_eq!(h.m.next_deadline(), Some(at));
+            let ms = at.since(t(0)).as_millis() as u64 + 1;
+            assert!(h.ev(ms, Event::Tick).contains(&sig_main(1, Signal::HUP)));
+        } else {
+            assert!(
+                a.contains(&sig_main(1, Signal::HUP)),
+                "a zero splay: at once"
+            );
+        }
+    }
+
+    #[test]
+    fn with_signal_scope_group_forwarded_signals_reach_the_workers() {
+        let mut s = settings();
+        s.signal_scope = SignalScope::Group;
+        let mut h = H::new(s);
+        h.first(0);
+        assert_eq!(
+            h.ev(10, Event::Signal(Signal::WINCH)),
+            vec![sig(1, Signal::WINCH)]
+        );
+    }
+
+    #[test]
+    fn counters_keep_starts_reloads_and_crash_restarts_apart_and_a_crash_marks_the_last_reload() {
+        let mut h = H::new(settings());
+        h.first(0);
+        h.reload(1000, 1, 2);
+        h.ready(1100, 2);
+        h.gone(1200, 1, Status::Code(0));
+        assert_eq!(h.m.stats.last_reload.as_ref().unwrap()["generation"], 2);
+        // The generation the reload made current dies: a crash restart, and
+        // the last reload says so.
+        h.ev(
+            5000,
+            Event::Exited {
+                pid: pid(2),
+                status: Status::Code(1),
+            },
+        );
+        let last = h.m.stats.last_reload.clone().unwrap();
+        assert_eq!(last["ok"], true);
+        assert_eq!(last["crashed"]["status"], "exited with code 1");
+        assert_eq!(last["crashed"]["uptime_ms"], 3900.0);
+        h.ev(5100, Event::Tick);
+        h.spawned(5100, 3);
+        h.ready(5200, 3);
+        assert_eq!(
+            (h.m.stats.starts, h.m.stats.reloads, h.m.stats.restarts),
+            (3, 1, 1)
+        );
+        // A failed restart is not a failed reload.
+        h.ev(
+            6000,
+            Event::Exited {
+                pid: pid(3),
+                status: Status::Code(1),
+            },
+        );
+        h.ev(6300, Event::Tick);
+        h.spawned(6300, 4);
+        h.gone(6400, 4, Status::Code(1));
+        assert_eq!(h.m.stats.failed_reloads, 0);
+        assert_eq!(h.m.restarts.attempt, 3, "a crash loop");
+    }
+
+    #[test]
+    fn cause_lines_are_kept_once_and_capped() {
+        let mut g = Generation {
+            id: 1,
+            pid: Some(1),
+            purpose: Purpose::First,
+            state: GenState::Current { since: t(0) },
+            started: t(0),
+            started_unix_ms: 0,
+            ready_after: None,
+            status: None,
+            notified: false,
+            stderr: VecDeque::new(),
+            cause: Vec::new(),
+            stderr_closed: false,
+        };
+        for i in 0..100 {
+            g.push_stderr(format!("[{i}] [ERROR] worker {i} failed"));
+            g.push_stderr(format!("request {i} served"));
+        }
+        assert_eq!(
+            g.cause,
+            vec!["[#] [ERROR] worker # failed".replace('#', "0")]
+        );
+        for i in 0..100 {
+            g.push_stderr(format!("error number {} of a kind", "x".repeat(i)));
+        }
+        assert_eq!(g.cause.len(), CAUSE_LINES);
+        g.push_stderr("y".repeat(5000));
+        assert_eq!(g.stderr.back().unwrap().len(), 1000);
+        assert!(looks_like_a_cause(
+            "thread 'main' panicked at src/main.rs:3:5"
+        ));
+        assert!(looks_like_a_cause(
+            "Error: Os { code: 98, kind: AddrInUse }"
+        ));
+        assert!(!looks_like_a_cause("Traceback (most recent call last):"));
+        assert!(!looks_like_a_cause("listening on 127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn a_machine_in_the_middle_of_an_in_place_reload_serializes() {
+        let mut h = in_place(vec![ReadyMode::Notify]);
+        h.ev(
+            1000,
+            Event::Reload {
+                reply: Some(ReplyId(1)),
+            },
+        );
+        h.notice(1100, 1, false, true, None);
+        let text = serde_json::to_string(&h.m).unwrap();
+        let mut m: Machine = serde_json::from_str(&text).unwrap();
+        m.handle(
+            t(1200),
+            Event::Notify {
+                pid: pid(1),
+                pgid: None,
+                ready: true,
+                status: None,
+                reloading: false,
+                monotonic_usec: None,
+            },
+        );
+        let a = m.handle(t(2200), Event::Tick);
+        assert_eq!(replies(&a)[0].1["in_place"], true);
     }
 }

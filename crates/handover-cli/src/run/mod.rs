@@ -18,7 +18,8 @@
 //! | `machine` | the state machine: every decision, no I/O, unit-tested arm by arm |
 //! | `driver` | the one task that owns the machine: feeds it events, carries out its actions |
 //! | `reaper` | the one reaper: waits for every child (generations, probes, orphans) |
-//! | `process` | starting generations and readiness probes; their stderr |
+//! | `process` | starting generations and readiness probes (exec:, http:); their stderr |
+//! | `procfs` | which process holds a connection (`/proc`, `sock_diag`): http: probes, connection counts |
 //! | `signals` | signals as events, one per delivery |
 //! | `status` | the `status` answer |
 //! | `sockets`, `config` | the listening sockets; the options |
@@ -30,13 +31,15 @@
 //!
 //! ```text
 //!  start: first | reload | crash restart      [spawn failed]
-//!  -> spawn (and the probe, with exec:) ---------------------> gone (start failed)
+//!  -> spawn (and the probes: exec:, http:) ------------------> gone (start failed)
 //!          |
 //!          v                  [main process exited | ready timeout]
 //!      Starting ------------------------------------------------------+
-//!          | [READY=1 | probe exited 0 | delay elapsed]                 |
+//!          | [every --ready condition holds: READY=1, probes passed,   |
+//!          |  delays over]                                             |
 //!          |-- settle > 0 and a generation is current --> Settling     |
-//!          |                                   | [main process exited] |
+//!          |      (the old one serves on;      | [main process exited  |
+//!          |       http: probes go on)         |  | http: probe failed]|
 //!          |                                   +---------------------->+
 //!          |                   [window over | the current one crashed] |
 //!          v                                   v                       v
@@ -61,8 +64,18 @@
 //!   the start limit: every generation drains) → `Exited` once none is left
 //!   (`handover stop` is answered then).
 //! - **the start in flight** (at most one) and **queued reloads**: a reload
-//!   that arrives during a start is answered by the next start; a reload
-//!   waits while `max_draining` replaced generations still drain (1 today).
+//!   that arrives during a start (or its settle window) is answered by the
+//!   next start. A reload never waits for old generations to drain unless
+//!   `--max-draining` of them already do (each keeps its own stop deadline);
+//!   then it starts when one is gone.
+//! - **the in-place reload in flight** ([`machine::InPlace`], with
+//!   `--reload-signal`): the current generation gets the signal (after the
+//!   splay, to its main process or group: `--signal-scope`) and stays
+//!   `Current`; the reload is done once `--reload-ready` holds (notify:
+//!   `RELOADING=1` newer than the signal, then `READY=1`) and the settle
+//!   window passed; it fails at `--ready-timeout`, when an http: probe fails
+//!   while it settles, or when the process dies (answered once it is gone,
+//!   with its stderr; a crash restart follows as for any crash).
 //! - **crash restarts**: when the current generation's main process dies
 //!   and no start is in flight, a restart is due after a backoff (100 ms,
 //!   doubling up to `--max-backoff`); the backoff resets once a generation
@@ -73,14 +86,21 @@
 //!
 //! Every timer is a deadline in the state (`Machine::next_deadline`), so a
 //! test drives the machine with made-up times, and the state (pids, times on
-//! `CLOCK_MONOTONIC`, counters, stderr tails, ids of waiting clients)
-//! serializes with serde.
+//! `CLOCK_MONOTONIC`, counters, stderr tails and cause lines, readiness
+//! conditions met, ids of waiting clients) serializes with serde.
 //!
-//! Room for what comes next: a settle window (`Settings::settle`, the
-//! `Settling` state), several draining generations each with its own
-//! deadline (`Settings::max_draining`; every `Draining` state carries its
-//! own), and a re-executed supervisor that takes the serialized machine over
-//! and registers its generations' pids with a new reaper.
+//! Probes report every run (`Event::ProbeResult`): pass, fail, or unsure
+//! (an http: probe whose connection another generation accepted). An exec:
+//! probe's first pass is final: it cannot tell the old generation's answer
+//! from a failure. An http: probe connects to the listening socket, waits
+//! until some process accepts, asks the kernel (`sock_diag`) for the
+//! accepted socket's inode and looks for it among the fds of the new
+//! generation's process group (`/proc`): only then does it send its request,
+//! so only the new generation's answer counts.
+//!
+//! Room for what comes next: a re-executed supervisor that takes the
+//! serialized machine over and registers its generations' pids with a new
+//! reaper.
 //!
 //! # Processes
 //!
@@ -98,6 +118,7 @@ mod config;
 mod driver;
 mod machine;
 mod process;
+mod procfs;
 mod reaper;
 mod signals;
 mod sockets;
@@ -112,7 +133,7 @@ use tokio::sync::mpsc;
 use handover::activation::ListenFds;
 use handover::notify::{AsyncNotifySocket, Notifier, NotifySocket};
 
-pub use config::{Bind, Config, ReadyMode};
+pub use config::{Bind, Config, ReadyMode, SignalScope};
 pub use sockets::receive_inherited;
 
 use crate::control;
@@ -123,16 +144,18 @@ fn settings(config: &Config) -> Settings {
     Settings {
         ready: config.ready.clone(),
         ready_timeout: config.ready_timeout,
-        settle: Duration::ZERO,
+        settle: config.settle,
         stop_signal: config.stop_signal,
         stop_timeout: config.stop_timeout,
         splay: config.splay,
         reload_signal: config.reload_signal,
+        reload_ready: config.reload_ready.clone(),
+        signal_scope: config.signal_scope,
         max_backoff: config.max_backoff,
         backoff_reset: machine::BACKOFF_RESET,
         start_limit_burst: config.start_limit_burst,
         start_limit_interval: config.start_limit_interval,
-        max_draining: 1,
+        max_draining: config.max_draining,
         stop_delay: config.stop_delay,
     }
 }
@@ -160,6 +183,13 @@ fn socket_dir(control_path: &Path) -> Result<PathBuf, String> {
 /// opened a descriptor (see [`receive_inherited`]).
 pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     let sockets = sockets::open_sockets(&config, inherited)?;
+    // An http: probe needs a stream socket to connect to: checked now, not
+    // at the first reload.
+    for mode in config.ready.iter().chain(&config.reload_ready) {
+        if let ReadyMode::Http { socket, .. } = mode {
+            process::probe_target(&sockets, socket.as_deref())?;
+        }
+    }
     let dir = socket_dir(&config.control)?;
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
@@ -239,6 +269,8 @@ async fn listen_notify(sock: AsyncNotifySocket, events: mpsc::UnboundedSender<Ev
                     pgid,
                     ready: msg.is_ready(),
                     status: msg.status().map(str::to_string),
+                    reloading: msg.is_reloading(),
+                    monotonic_usec: msg.get("MONOTONIC_USEC").and_then(|v| v.parse().ok()),
                 };
                 if events.send(event).is_err() {
                     return;

@@ -100,6 +100,30 @@ impl Reaper {
         }
     }
 
+    /// Sends `signal` to the process `pid` alone, if it is a registered
+    /// child that was not reaped yet (so the pid is still ours); otherwise
+    /// it is gone and nothing is sent.
+    pub(super) fn signal_process(&self, pid: u32, signal: Signal) {
+        let waiters = self.lock();
+        if !waiters.contains_key(&pid) {
+            tracing::debug!(pid, %signal, "not signalled: the process is gone");
+            return;
+        }
+        let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        let Some(raw) = rustix::process::Signal::from_named_raw(signal.as_raw()) else {
+            tracing::warn!(%signal, "only named signals can be sent");
+            return;
+        };
+        match rustix::process::kill_process(p, raw) {
+            Ok(()) | Err(Errno::SRCH) => {
+                tracing::debug!(pid, %signal, "signal sent to the process")
+            }
+            Err(e) => tracing::warn!(pid, %signal, error = %e, "cannot signal the process"),
+        }
+    }
+
     /// Whether process group `pgid` has any process left (alive or not yet
     /// reaped by its parent).
     pub(super) fn group_exists(&self, pgid: u32) -> bool {

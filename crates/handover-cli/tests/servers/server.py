@@ -13,8 +13,12 @@ says which names it received. SIGUSR1 writes a file `usr1-<pid>` into
 $SERVER_MARK_DIR (to check handover forwards signals).
 
 For fault tests:
+- `GET /status/N` answers with status N (for readiness probes).
 - `GET /slow?ms=N` appends a line to `$SERVER_MARK_DIR/slow-<pid>` when the
   request arrives (so a test knows it is in flight), then answers after N ms.
+- SERVER_START_DELAY_MS=N: wait N ms before serving (and before READY=1), like
+  a server that loads its application first; the old generation answers on
+  the shared socket meanwhile (what a readiness probe must not be fooled by).
 - SERVER_CRASH_AFTER_READY_MS=N: after READY=1 the server accepts connections
   for N ms without answering any, writes how many it accepted to
   `$SERVER_MARK_DIR/held-<pid>`, says so on stderr and exits with code 4 (a
@@ -95,7 +99,8 @@ def serve(conn, fdnames):
                 time.sleep(slow_ms / 1000.0)
             close = draining.is_set() or b"connection: close" in head.lower()
             body = ("pid=%d\n" % os.getpid()).encode()
-            headers = "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Fd-Names: %s\r\n%s\r\n" % (
+            headers = "HTTP/1.1 %s\r\nContent-Length: %d\r\nX-Fd-Names: %s\r\n%s\r\n" % (
+                status_line(head),
                 len(body),
                 fdnames,
                 "Connection: close\r\n" if close else "",
@@ -110,6 +115,16 @@ def serve(conn, fdnames):
         conn.close()
         with lock:
             active.discard(threading.current_thread())
+
+
+def status_line(head):
+    """`200 OK`, or `N Status N` for a request line `GET /status/N ...`."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) >= 2 and parts[1].startswith(b"/status/"):
+        code = parts[1][len(b"/status/"):].decode("ascii", "replace")
+        if code.isdigit() and len(code) == 3:
+            return "%s %s" % (code, {"503": "Service Unavailable", "404": "Not Found"}.get(code, "Status"))
+    return "200 OK"
 
 
 def slow_request_ms(head):
@@ -177,6 +192,9 @@ def main():
         s.setblocking(False)
     signal.signal(signal.SIGTERM, lambda *_: draining.set())
     signal.signal(signal.SIGUSR1, on_usr1)
+    start_delay_ms = os.environ.get("SERVER_START_DELAY_MS")
+    if start_delay_ms:
+        time.sleep(int(start_delay_ms) / 1000.0)
     notify("READY=1\nSTATUS=serving")
     crash_ms = os.environ.get("SERVER_CRASH_AFTER_READY_MS")
     if crash_ms:
