@@ -13,6 +13,7 @@
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
 //! | [`pass`] | descriptors with metadata between unrelated processes over a Unix socket |
 //! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
+//! | [`reexec`] | re-executing this process in place (same pid, same children) with named descriptors kept |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
 //! `SAFETY:` comment; the API speaks `OwnedFd`/`BorrowedFd`, never bare
@@ -26,6 +27,7 @@ pub mod child;
 pub mod drain;
 pub mod notify;
 pub mod pass;
+pub mod reexec;
 pub mod socket;
 mod sys;
 pub mod upgrade;

@@ -15,6 +15,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+/// In-place `execve`, descriptor flags by number and signal masks, for
+/// [`crate::reexec`].
+pub(crate) mod inplace;
+
 /// Takes ownership of the inherited descriptor `fd` if it is open.
 ///
 /// Returns `Ok(None)` when `fd` is not open (`EBADF`).
