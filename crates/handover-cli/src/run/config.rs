@@ -119,6 +119,8 @@ pub struct Config {
     pub start_limit_burst: u32,
     /// See `start_limit_burst`.
     pub start_limit_interval: Duration,
+    /// Under systemd, keep the sockets in the service's fd store.
+    pub fd_store: bool,
 }
 
 #[cfg(test)]
