@@ -338,3 +338,61 @@ fn inherited_from_us(pid: u32) -> usize {
     targets(pid).iter().filter(|t| ours.contains(t)).count()
 }
 
+
+#[test]
+fn an_exec_that_fails_after_the_check_leaves_everything_as_it_was() {
+    let bins = Bins::new();
+    let mut h = start(&bins);
+    let pid = h.pid();
+    let app = h.current_pid();
+    let mut cfg = LoadConfig::new(h.addr, Mode::KeepAlive);
+    cfg.connections = 4;
+    let load = Load::start(cfg).unwrap();
+    assert!(load.wait_for_ok(30, Duration::from_secs(30)));
+    // (No exec happens: descriptors inherited from this process stay.)
+    let fds = fd_count(pid);
+    // Passes the check, but takes the file away before the exec: execve
+    // fails (ENOENT) in the running handover, which must undo everything.
+    let script = bins.dir.path().join("vanishing");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --reexec-check ]; then ln -sfn /nonexistent/handover '{}'; fi\nexec '{}' \"$@\"\n",
+            bins.current().display(),
+            bins.version("b").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bins.deploy(&script);
+    let (ok, out, err) = reexec(&h);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("could not execute") && err.contains("No such file"),
+        "{err}\n{}",
+        h.log()
+    );
+    // The same image goes on: it answers, keeps its generation, its
+    // descriptors, its stderr readers, and its signal handlers (a SIGHUP
+    // reloads).
+    assert_eq!(exe(pid), bins.version("a"));
+    assert_eq!(h.current_pid(), app);
+    wait_until("the descriptors are as before", Duration::from_secs(10), || {
+        fd_count(pid) == fds
+    });
+    h.signal(rustix::process::Signal::HUP);
+    wait_until("SIGHUP reloaded", Duration::from_secs(30), || {
+        h.wait_status(Duration::from_secs(10))["reloads"] == 2
+    });
+    let new = h.current_pid();
+    assert_ne!(new, app);
+    let status = h.wait_status(Duration::from_secs(10));
+    assert_eq!(status["reexecs"], 0);
+    bins.deploy(&bins.version("b"));
+    let (ok, out, err) = reexec(&h);
+    assert!(ok, "{out}{err}\n{}", h.log());
+    assert_eq!(exe(pid), bins.version("b"));
+    let report = load.stop();
+    assert_eq!(report.failures_total(), 0, "{}", report.render_table());
+}
