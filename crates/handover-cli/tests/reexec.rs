@@ -396,3 +396,33 @@ fn an_exec_that_fails_after_the_check_leaves_everything_as_it_was() {
     let report = load.stop();
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
 }
+
+#[test]
+fn a_generations_stderr_is_still_read_after_a_reexec() {
+    let bins = Bins::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("serve.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n(sleep 1.5; echo late-line-from-the-generation >&2) &\nexec '{}' demo-server\n",
+            handover_bin()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = Handover::start(Setup {
+        binary: Some(bins.current()),
+        program: Some(vec![wrapper.display().to_string()]),
+        ..Setup::default()
+    });
+    bins.deploy(&bins.version("b"));
+    let (ok, out, err) = reexec(&h);
+    assert!(ok, "{out}{err}");
+    assert!(!h.log().contains("late-line-from-the-generation"));
+    // Written after the exec, into the pipe the old image read: the new
+    // image reads it.
+    h.wait_log("late-line-from-the-generation", Duration::from_secs(20));
+    assert_eq!(exe(h.pid()), bins.version("b"));
+}
