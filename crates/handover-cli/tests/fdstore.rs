@@ -7,9 +7,9 @@
 //! `FileDescriptorStoreMax=` and `Restart=on-failure`. The same scenario
 //! without the fd store runs next to it, for comparison.
 
-mod support;
 #[path = "../../handover/tests/common/standin.rs"]
 mod standin;
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -84,7 +84,11 @@ impl Run {
             if let Ok(Some(s)) = run.child.try_wait() {
                 panic!("handover exited ({s}):\n{}", run.log());
             }
-            assert!(Instant::now() < deadline, "handover never said READY=1:\n{}", run.log());
+            assert!(
+                Instant::now() < deadline,
+                "handover never said READY=1:\n{}",
+                run.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let g = run.generation(dir);
@@ -154,12 +158,18 @@ fn crash_and_restart(keep: bool) -> Outcome {
     let mut cfg = LoadConfig::new(addr, Mode::NewConnection);
     cfg.connections = 8;
     let load = Load::start(cfg).unwrap();
-    assert!(load.wait_for_ok(100, Duration::from_secs(30)), "{}", first.log());
+    assert!(
+        load.wait_for_ok(100, Duration::from_secs(30)),
+        "{}",
+        first.log()
+    );
 
     // The crash: handover and (through its orphan signal) its generation.
     kill_process(Pid::from_raw(handover as i32).unwrap(), Signal::KILL).unwrap();
     first.child.wait().unwrap();
-    wait_until("the generation is gone", Duration::from_secs(10), || gone(app));
+    wait_until("the generation is gone", Duration::from_secs(10), || {
+        gone(app)
+    });
     // Nothing accepts now. Requests made meanwhile:
     let gap: Vec<_> = (0..5)
         .map(|_| std::thread::spawn(move || http_get(addr, "/", Duration::from_secs(30))))
@@ -218,7 +228,8 @@ fn crash_and_restart(keep: bool) -> Outcome {
 }
 
 #[test]
-fn a_killed_handover_restarted_with_its_stored_socket_refuses_nothing_and_without_the_store_it_does() {
+fn a_killed_handover_restarted_with_its_stored_socket_refuses_nothing_and_without_the_store_it_does()
+ {
     let with = crash_and_restart(true);
     let without = crash_and_restart(false);
     let table = format!(
@@ -279,10 +290,14 @@ fn no_fd_store_sends_nothing_and_a_moved_bind_replaces_the_stored_socket() {
     drop(run);
     let other = free_port();
     let run = Run::start(&standin, dir.path(), other, &[]);
-    wait_until("the stored socket was replaced", Duration::from_secs(10), || {
-        let s = standin.stored();
-        s.len() == 1 && s[0].1 != old
-    });
+    wait_until(
+        "the stored socket was replaced",
+        Duration::from_secs(10),
+        || {
+            let s = standin.stored();
+            s.len() == 1 && s[0].1 != old
+        },
+    );
     assert!(
         run.log().contains("not the one --bind asks for"),
         "{}",

@@ -52,7 +52,11 @@ impl Bins {
     /// A script that exits at once with code 3, deployed as `current`.
     fn deploy_broken(&self) -> PathBuf {
         let p = self.dir.path().join("broken");
-        std::fs::write(&p, "#!/bin/sh\necho 'broken build: cannot start' >&2\nexit 3\n").unwrap();
+        std::fs::write(
+            &p,
+            "#!/bin/sh\necho 'broken build: cannot start' >&2\nexit 3\n",
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         self.deploy(&p);
@@ -129,7 +133,11 @@ fn twenty_reexecs(mode: Mode) {
         let status = h.wait_status(Duration::from_secs(10));
         assert_eq!(status["pid"], pid, "reexec {i}");
         assert_eq!(status["reexecs"], i, "reexec {i}");
-        assert_eq!(generations(&mut h), gens, "reexec {i}: the generations changed");
+        assert_eq!(
+            generations(&mut h),
+            gens,
+            "reexec {i}: the generations changed"
+        );
         wait_until(
             &format!("handover's fd count is back to {fds} after reexec {i}"),
             Duration::from_secs(10),
@@ -142,7 +150,11 @@ fn twenty_reexecs(mode: Mode) {
     assert_eq!(load.pids_seen(), BTreeSet::from([app]));
     // A reload afterwards works: a new generation takes over.
     let (ok, out, err) = h.reload();
-    assert!(ok, "the reload after the reexecs failed: {out}{err}\n{}", h.log());
+    assert!(
+        ok,
+        "the reload after the reexecs failed: {out}{err}\n{}",
+        h.log()
+    );
     let new = h.current_pid();
     assert_ne!(new, app);
     assert!(
@@ -157,9 +169,11 @@ fn twenty_reexecs(mode: Mode) {
         report.render_table(),
         h.log()
     );
-    wait_until("the old generation is gone", Duration::from_secs(30), || {
-        support::gone(app) && generations(&mut h).len() == 1
-    });
+    wait_until(
+        "the old generation is gone",
+        Duration::from_secs(30),
+        || support::gone(app) && generations(&mut h).len() == 1,
+    );
     assert!(zombie_children(pid).is_empty());
 }
 
@@ -298,7 +312,9 @@ fn requests_signals_and_reloads_during_reexecs_wait_and_are_answered() {
     assert!(answered.load(Ordering::SeqCst) > 20);
     assert!(!reloads.is_empty());
     for r in &reloads {
-        let r = r.as_ref().unwrap_or_else(|| panic!("a reload got no answer:\n{}", h.log()));
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|| panic!("a reload got no answer:\n{}", h.log()));
         assert_eq!(r["ok"], true, "{r}");
     }
     let status = h.wait_status(Duration::from_secs(10));
@@ -337,7 +353,6 @@ fn inherited_from_us(pid: u32) -> usize {
     let ours = targets(std::process::id());
     targets(pid).iter().filter(|t| ours.contains(t)).count()
 }
-
 
 #[test]
 fn an_exec_that_fails_after_the_check_leaves_everything_as_it_was() {
@@ -378,9 +393,11 @@ fn an_exec_that_fails_after_the_check_leaves_everything_as_it_was() {
     // reloads).
     assert_eq!(exe(pid), bins.version("a"));
     assert_eq!(h.current_pid(), app);
-    wait_until("the descriptors are as before", Duration::from_secs(10), || {
-        fd_count(pid) == fds
-    });
+    wait_until(
+        "the descriptors are as before",
+        Duration::from_secs(10),
+        || fd_count(pid) == fds,
+    );
     h.signal(rustix::process::Signal::HUP);
     wait_until("SIGHUP reloaded", Duration::from_secs(30), || {
         h.wait_status(Duration::from_secs(10))["reloads"] == 2

@@ -78,7 +78,10 @@ pub fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
             .args(std::env::args_os().skip(1))
             .env(IMAGE, (image + 1).to_string());
         next.fd("http", listener.as_fd())?;
-        eprintln!("reexec_inplace: re-executing {} in place", program.display());
+        eprintln!(
+            "reexec_inplace: re-executing {} in place",
+            program.display()
+        );
         let error = next.exec();
         eprintln!("reexec_inplace: {error}; serving on");
     }

@@ -746,8 +746,8 @@ mod tests {
         )
         .unwrap();
         let mut buf = [0u8; 256];
-        let mut space = [std::mem::MaybeUninit::uninit();
-            rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
+        let mut space =
+            [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = rustix::net::recvmsg(
             &sock,

@@ -272,7 +272,10 @@ impl Kept {
             return Err(ReexecError::AlreadyReceived);
         }
         // The range socket activation hands this process, if any.
-        let (lpid, lfds) = (std::env::var_os("LISTEN_PID"), std::env::var_os("LISTEN_FDS"));
+        let (lpid, lfds) = (
+            std::env::var_os("LISTEN_PID"),
+            std::env::var_os("LISTEN_FDS"),
+        );
         let activation = crate::activation::parse_env(
             crate::activation::EnvVars {
                 pid: lpid.as_deref(),
@@ -350,12 +353,7 @@ impl Kept {
         let names: Vec<String> = self
             .fds
             .iter()
-            .map(|(n, fd, o)| {
-                format!(
-                    "fd {fd} {n:?}{}",
-                    if o.is_some() { "" } else { " (taken)" }
-                )
-            })
+            .map(|(n, fd, o)| format!("fd {fd} {n:?}{}", if o.is_some() { "" } else { " (taken)" }))
             .collect();
         if names.is_empty() {
             "none".to_string()
@@ -484,9 +482,7 @@ impl<'a> Reexec<'a> {
 
     fn environment(&self) -> Vec<(OsString, OsString)> {
         let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os()
-            .filter(|(k, _)| {
-                !LISTEN_VARS.iter().any(|v| k == v) && k != PID_ENV && k != FDS_ENV
-            })
+            .filter(|(k, _)| !LISTEN_VARS.iter().any(|v| k == v) && k != PID_ENV && k != FDS_ENV)
             .collect();
         for (k, v) in &self.env {
             match v {
@@ -522,10 +518,7 @@ impl<'a> Reexec<'a> {
                 path: self.program.clone(),
                 source: io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!(
-                        "{:?} contains a NUL byte",
-                        String::from_utf8_lossy(b)
-                    ),
+                    format!("{:?} contains a NUL byte", String::from_utf8_lossy(b)),
                 ),
             })
         };

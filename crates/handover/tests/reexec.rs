@@ -113,8 +113,9 @@ fn probe() {
             .build()
             .unwrap();
         let seen = rt.block_on(async move {
-            let mut s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-                .unwrap();
+            let mut s =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                    .unwrap();
             release_signals(&[Signal::USR1]).unwrap();
             let seen = tokio::time::timeout(Duration::from_secs(5), s.recv())
                 .await
@@ -355,7 +356,10 @@ fn the_example_upgrades_in_place_under_load_without_a_failed_request() {
             if body == format!("pid={pid} image={want}\n") {
                 return;
             }
-            assert!(Instant::now() < deadline, "image {want} never answered: {body:?}");
+            assert!(
+                Instant::now() < deadline,
+                "image {want} never answered: {body:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     };

@@ -235,10 +235,10 @@ impl Driver {
                             self.pumps.start(id, pipe, &self.events_tx);
                         }
                         Event::Spawned {
-                        id,
-                        pid,
-                        unix_ms: unix_ms(),
-                    }
+                            id,
+                            pid,
+                            unix_ms: unix_ms(),
+                        }
                     }
                     Err(error) => Event::SpawnFailed { id, error },
                 });

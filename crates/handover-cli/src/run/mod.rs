@@ -174,13 +174,12 @@ pub async fn run(
     let dir = socket_dir(&config.control)?;
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
-    let notify = NotifySocket::bind(&notify_path)
-        .map_err(|e| {
-            format!(
-                "{e}; the notify socket goes next to the control socket: give --control a \
+    let notify = NotifySocket::bind(&notify_path).map_err(|e| {
+        format!(
+            "{e}; the notify socket goes next to the control socket: give --control a \
                  shorter path, or one in a directory this user can write to"
-            )
-        })?;
+        )
+    })?;
     let notify_fd = notify
         .as_fd()
         .try_clone_to_owned()

@@ -75,6 +75,7 @@ pub(super) fn spawn_generation(
 /// a re-exec stops them (no thread may be left to take a signal or a
 /// half-copied line with it), keeps the pipes open across the exec, and the
 /// new image starts pumping them again.
+#[derive(Default)]
 pub(super) struct Pumps {
     /// By generation: the pipe's read end, and its pump while it runs (it
     /// returns `true` when stopped, `false` at end of file).
@@ -86,15 +87,6 @@ pub(super) struct Pumps {
 /// How long [`Pumps::stop_all`] waits for the pumps (one stuck writing to
 /// a full stderr of handover's may not stop at once).
 const PUMP_STOP: Duration = Duration::from_secs(1);
-
-impl Default for Pumps {
-    fn default() -> Pumps {
-        Pumps {
-            pipes: HashMap::new(),
-            stop: None,
-        }
-    }
-}
 
 impl Pumps {
     fn stop_pipe(&mut self) -> std::io::Result<Arc<OwnedFd>> {
@@ -205,55 +197,55 @@ impl Pumps {
 /// (after sending [`Event::StderrClosed`]).
 fn pump(pipe: &OwnedFd, stop: &OwnedFd, id: u64, events: &mpsc::UnboundedSender<Event>) -> bool {
     {
-            let mut buf = vec![0u8; 8192];
-            let mut partial: Vec<u8> = Vec::new();
-            loop {
-                let mut fds = [
-                    PollFd::new(pipe, PollFlags::IN),
-                    PollFd::new(stop, PollFlags::IN),
-                ];
-                match rustix::event::poll(&mut fds, None) {
-                    Ok(_) => {}
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(_) => break,
-                }
-                if !fds[1].revents().is_empty() {
-                    // Stopped between two reads: what is unread stays in the
-                    // pipe for whoever pumps it next.
-                    if !partial.is_empty() {
-                        let lines = vec![String::from_utf8_lossy(&partial).trim_end().to_string()];
-                        let _ = events.send(Event::Stderr { id, lines });
-                    }
-                    return true;
-                }
-                let n = match rustix::io::read(pipe, &mut buf) {
-                    Ok(0) => break,
-                    Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
-                    Err(_) => break,
-                    Ok(n) => n,
-                };
-                let _ = std::io::stderr().write_all(&buf[..n]);
-                partial.extend_from_slice(&buf[..n]);
-                let mut lines = Vec::new();
-                while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = partial.drain(..=end).collect();
-                    lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
-                }
-                // A very long line without a newline is cut, not buffered for ever.
-                if partial.len() > 64 * 1024 {
-                    lines.push(String::from_utf8_lossy(&partial).into_owned());
-                    partial.clear();
-                }
-                if !lines.is_empty() {
+        let mut buf = vec![0u8; 8192];
+        let mut partial: Vec<u8> = Vec::new();
+        loop {
+            let mut fds = [
+                PollFd::new(pipe, PollFlags::IN),
+                PollFd::new(stop, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+            if !fds[1].revents().is_empty() {
+                // Stopped between two reads: what is unread stays in the
+                // pipe for whoever pumps it next.
+                if !partial.is_empty() {
+                    let lines = vec![String::from_utf8_lossy(&partial).trim_end().to_string()];
                     let _ = events.send(Event::Stderr { id, lines });
                 }
+                return true;
             }
-            if !partial.is_empty() {
-                let lines = vec![String::from_utf8_lossy(&partial).trim_end().to_string()];
+            let n = match rustix::io::read(pipe, &mut buf) {
+                Ok(0) => break,
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+                Err(_) => break,
+                Ok(n) => n,
+            };
+            let _ = std::io::stderr().write_all(&buf[..n]);
+            partial.extend_from_slice(&buf[..n]);
+            let mut lines = Vec::new();
+            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=end).collect();
+                lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            // A very long line without a newline is cut, not buffered for ever.
+            if partial.len() > 64 * 1024 {
+                lines.push(String::from_utf8_lossy(&partial).into_owned());
+                partial.clear();
+            }
+            if !lines.is_empty() {
                 let _ = events.send(Event::Stderr { id, lines });
             }
-            let _ = events.send(Event::StderrClosed { id });
-            false
+        }
+        if !partial.is_empty() {
+            let lines = vec![String::from_utf8_lossy(&partial).trim_end().to_string()];
+            let _ = events.send(Event::Stderr { id, lines });
+        }
+        let _ = events.send(Event::StderrClosed { id });
+        false
     }
 }
 

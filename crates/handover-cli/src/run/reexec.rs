@@ -237,8 +237,8 @@ impl State {
     /// Reads a state, refusing another format or a newer version with a
     /// reason that says what to do.
     pub fn parse(bytes: &[u8]) -> Result<State, String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the state is not JSON ({e})"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("the state is not JSON ({e})"))?;
         let format = value["format"].as_str().unwrap_or("");
         if format != FORMAT {
             return Err(format!(
@@ -250,7 +250,9 @@ impl State {
             return Err("the state has no version number".into());
         };
         if version != u64::from(VERSION) {
-            let writer = value["written_by"].as_str().unwrap_or("an unknown handover");
+            let writer = value["written_by"]
+                .as_str()
+                .unwrap_or("an unknown handover");
             return Err(if version > u64::from(VERSION) {
                 format!(
                     "the state is in format version {version} (written by handover {writer}), \
@@ -401,7 +403,10 @@ impl Driver {
     /// one running).
     pub(super) fn reexec_requested(&mut self, machine: &Machine, id: ReplyId) {
         if machine.phase != Phase::Running {
-            self.reply(id, control::error_answer("handover is stopping; not re-executed"));
+            self.reply(
+                id,
+                control::error_answer("handover is stopping; not re-executed"),
+            );
             return;
         }
         self.reexec.waiters.push(id);
@@ -462,10 +467,7 @@ impl Driver {
             let _ = f.take(16 * 1024).read_to_string(&mut out);
             let out = out.trim();
             let why = |how: String| {
-                let mut m = format!(
-                    "the new binary {} cannot take over: {how}",
-                    exe.display()
-                );
+                let mut m = format!("the new binary {} cannot take over: {how}", exe.display());
                 if !out.is_empty() {
                     m.push_str(&format!("; it said: {out}"));
                 }
@@ -526,10 +528,9 @@ impl Driver {
             return None;
         }
         tracing::info!(took = ?checked.took, "the new binary can take over; re-executing in place");
-        let _ = self.systemd.notify(&[
-            SdState::Reloading,
-            SdState::Status("re-executing handover"),
-        ]);
+        let _ = self
+            .systemd
+            .notify(&[SdState::Reloading, SdState::Status("re-executing handover")]);
         match self.exec(machine, queue, checked.took) {
             NotDone::Exit(result) => Some(result),
             NotDone::Failed(e) => {
@@ -548,7 +549,12 @@ impl Driver {
 
     /// Steps 2 and 3 of the [module docs](self). Returns only when the exec
     /// did not happen.
-    fn exec(&mut self, machine: &mut Machine, queue: &mut VecDeque<Event>, check: Duration) -> NotDone {
+    fn exec(
+        &mut self,
+        machine: &mut Machine,
+        queue: &mut VecDeque<Event>,
+        check: Duration,
+    ) -> NotDone {
         self.reaper.kill_probes();
         for (_, task) in self.probes.drain() {
             task.abort();
@@ -760,7 +766,11 @@ impl Driver {
 
 /// Step 4 of the [module docs](self): the supervisor of a re-executed image
 /// takes over from `kept`, and runs until it is stopped.
-pub(super) async fn resume(config: Config, mut kept: Kept, inherited: ListenFds) -> Result<(), String> {
+pub(super) async fn resume(
+    config: Config,
+    mut kept: Kept,
+    inherited: ListenFds,
+) -> Result<(), String> {
     drop(inherited);
     let state_file = std::fs::File::from(
         kept.take(STATE_FD)
@@ -801,8 +811,8 @@ pub(super) async fn resume(config: Config, mut kept: Kept, inherited: ListenFds)
     control_std
         .set_nonblocking(true)
         .map_err(|e| format!("control socket: {e}"))?;
-    let control_listener =
-        tokio::net::UnixListener::from_std(control_std).map_err(|e| format!("control socket: {e}"))?;
+    let control_listener = tokio::net::UnixListener::from_std(control_std)
+        .map_err(|e| format!("control socket: {e}"))?;
     let _control_file = RemoveOnDrop(config.control.clone());
     if let Some(p) = &config.pid_file {
         write_pid_file(p)?;
@@ -864,7 +874,9 @@ pub(super) async fn resume(config: Config, mut kept: Kept, inherited: ListenFds)
     for p in &state.stderr {
         match kept.take(&p.fd) {
             Ok(fd) => driver.pumps.start(p.generation, fd, &events_tx),
-            Err(e) => tracing::warn!(generation = p.generation, error = %e, "a stderr pipe was not kept"),
+            Err(e) => {
+                tracing::warn!(generation = p.generation, error = %e, "a stderr pipe was not kept")
+            }
         }
     }
     for c in &state.clients {
@@ -881,8 +893,12 @@ pub(super) async fn resume(config: Config, mut kept: Kept, inherited: ListenFds)
                 .map(|channels| {
                     driver.replies.insert(ReplyId(c.id), channels);
                 }),
-            ClientStage::Reading(b) => clients.resume(c.id, fd, Stage::Reading(b.clone()), ctrl_tx.clone()),
-            ClientStage::Request(r) => clients.resume(c.id, fd, Stage::Submitted(*r), ctrl_tx.clone()),
+            ClientStage::Reading(b) => {
+                clients.resume(c.id, fd, Stage::Reading(b.clone()), ctrl_tx.clone())
+            }
+            ClientStage::Request(r) => {
+                clients.resume(c.id, fd, Stage::Submitted(*r), ctrl_tx.clone())
+            }
             ClientStage::Answering(b) => {
                 clients.resume(c.id, fd, Stage::Answering(b.clone()), ctrl_tx.clone())
             }
@@ -934,5 +950,7 @@ pub(super) async fn resume(config: Config, mut kept: Kept, inherited: ListenFds)
     let _ = driver
         .systemd
         .notify(&[SdState::Ready, SdState::Status(status)]);
-    driver.run_from(machine, VecDeque::from([Event::Tick])).await
+    driver
+        .run_from(machine, VecDeque::from([Event::Tick]))
+        .await
 }

@@ -165,14 +165,13 @@ fn take_matching_stored(stored: &mut Vec<(String, OwnedFd)>, b: &Bind) -> Option
     let kind = handover::socket::FdKind::of(fd.as_fd()).ok()?;
     use handover::socket::FdKind;
     let matches = match (&b.address, kind) {
-        (Address::Tcp(want), FdKind::TcpListener { .. }) | (Address::Udp(want), FdKind::Udp { .. }) => {
-            match Address::local(fd, &b.address) {
-                Ok(Address::Tcp(have)) | Ok(Address::Udp(have)) => {
-                    have.ip() == want.ip() && (want.port() == 0 || want.port() == have.port())
-                }
-                _ => false,
+        (Address::Tcp(want), FdKind::TcpListener { .. })
+        | (Address::Udp(want), FdKind::Udp { .. }) => match Address::local(fd, &b.address) {
+            Ok(Address::Tcp(have)) | Ok(Address::Udp(have)) => {
+                have.ip() == want.ip() && (want.port() == 0 || want.port() == have.port())
             }
-        }
+            _ => false,
+        },
         (Address::Unix(want), FdKind::UnixListener) => rustix::net::getsockname(fd)
             .ok()
             .and_then(|a| rustix::net::SocketAddrUnix::try_from(a).ok())

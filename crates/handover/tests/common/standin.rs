@@ -56,7 +56,9 @@ fn identity(fd: impl AsFd) -> (u64, u64) {
 }
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().rev().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 impl StandIn {
@@ -196,8 +198,8 @@ fn handle(st: &mut Store, keep: bool, msg: &Received, fds: Vec<OwnedFd>) {
 
 fn receive(sock: &UnixDatagram) -> io::Result<Option<(Received, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; 8192];
-    let mut space = [std::mem::MaybeUninit::uninit();
-        rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
+    let mut space =
+        [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = match rustix::net::recvmsg(
         sock,
