@@ -8,6 +8,7 @@ mod common;
 mod failures;
 mod latency;
 mod machine;
+mod reexec;
 mod scale;
 mod supervisor;
 
@@ -39,6 +40,8 @@ enum Cmd {
     Idle(scale::IdleArgs),
     /// The supervisor's memory and CPU, idle and during reloads (figure 6).
     Supervisor(supervisor::SupervisorArgs),
+    /// `handover reexec` against a status request and a reload (figure 7).
+    Reexec(reexec::ReexecArgs),
     /// Describe this machine (CPUs, CPU model, kernel, rustc).
     Machine,
 }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Cmd::Sockets(a) => scale::sockets(&bins, a),
         Cmd::Idle(a) => scale::idle(&bins, a),
         Cmd::Supervisor(a) => supervisor::run(&bins, a),
+        Cmd::Reexec(a) => reexec::run(&bins, a),
         Cmd::Machine => machine::run(&bins.python),
     };
     match result {
