@@ -649,6 +649,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn the_fds_variable_never_panics_and_round_trips(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            fds in proptest::collection::btree_map(3i32..100_000, "[a-z.=]{1,12}", 0..6),
+        ) {
+            let _ = parse_fds(OsStr::from_bytes(&data));
+            // Unique names too: keep the first of each.
+            let mut seen = std::collections::BTreeSet::new();
+            let fds: Vec<(RawFd, String)> = fds
+                .into_iter()
+                .filter(|(_, n)| seen.insert(n.clone()))
+                .collect();
+            let text = fds
+                .iter()
+                .map(|(fd, n)| format!("{fd}={n}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            proptest::prop_assert_eq!(parse_fds(OsStr::new(&text)).unwrap(), fds);
+        }
+    }
+
     #[test]
     fn names_are_checked_when_sending() {
         let f = std::fs::File::open("/dev/null").unwrap();

@@ -954,3 +954,142 @@ pub(super) async fn resume(
         .run_from(machine, VecDeque::from([Event::Tick]))
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::machine::Settings;
+    use handover::child::Signal;
+
+    fn state() -> State {
+        let machine = Machine::new(Settings {
+            ready: ReadyMode::Notify,
+            ready_timeout: Duration::from_secs(60),
+            settle: Duration::ZERO,
+            stop_signal: Signal::TERM,
+            stop_timeout: Duration::from_secs(30),
+            splay: Duration::ZERO,
+            reload_signal: None,
+            max_backoff: Duration::from_secs(30),
+            backoff_reset: Duration::from_secs(10),
+            start_limit_burst: 5,
+            start_limit_interval: Duration::from_secs(10),
+            max_draining: 1,
+        });
+        State {
+            format: FORMAT.into(),
+            version: VERSION,
+            written_by: "test".into(),
+            pid: 7,
+            executable: "/usr/bin/handover".into(),
+            argv: vec!["handover".into(), "run".into()],
+            started_unix_ms: 1,
+            reexecs: 1,
+            machine,
+            sockets: vec![SocketState {
+                name: "http".into(),
+                address: "tcp://127.0.0.1:80".into(),
+                inherited: false,
+                fd: "socket.0".into(),
+            }],
+            control: ControlState {
+                path: "/run/h/control.sock".into(),
+                fd: "control".into(),
+            },
+            notify: NotifyState {
+                env: "/run/h/notify-7.sock".into(),
+                fd: "notify".into(),
+            },
+            stderr: vec![PipeState {
+                generation: 1,
+                fd: "stderr.1".into(),
+            }],
+            clients: vec![
+                ClientState {
+                    id: 3,
+                    fd: "client.3".into(),
+                    stage: ClientStage::Reading(b"{\"cmd\":".to_vec()),
+                },
+                ClientState {
+                    id: 4,
+                    fd: "client.4".into(),
+                    stage: ClientStage::Waiting(Request::Reexec),
+                },
+            ],
+            next_client: 5,
+            reexec_replies: vec![4],
+            requested_at: Some(Mono::now()),
+            check_ms: 2.5,
+            previous_version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn the_state_round_trips() {
+        let s = state();
+        let json = serde_json::to_vec(&s).unwrap();
+        let back = State::parse(&json).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&s).unwrap()
+        );
+    }
+
+    #[test]
+    fn fields_added_later_and_fields_unknown_are_tolerated() {
+        let mut v = serde_json::to_value(state()).unwrap();
+        // Written by an older handover: optional fields missing.
+        for k in [
+            "written_by",
+            "argv",
+            "reexecs",
+            "stderr",
+            "clients",
+            "next_client",
+            "reexec_replies",
+            "requested_at",
+            "check_ms",
+            "previous_version",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        // Written by a newer one of the same version: a field this one
+        // does not know.
+        v["settle_counters"] = json!({"x": 1});
+        let s = State::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(s.clients.is_empty() && s.stderr.is_empty());
+    }
+
+    #[test]
+    fn another_format_or_version_is_refused_with_the_reason() {
+        let mut v = serde_json::to_value(state()).unwrap();
+        v["version"] = json!(VERSION + 1);
+        v["written_by"] = json!("9.9.9");
+        let e = State::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            e.contains(&format!("format version {}", VERSION + 1))
+                && e.contains("9.9.9")
+                && e.contains("older than the running one"),
+            "{e}"
+        );
+        v["format"] = json!("something-else");
+        let e = State::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(e.contains("not written by `handover reexec`"), "{e}");
+        let e = State::parse(b"{").unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        let mut v = serde_json::to_value(state()).unwrap();
+        v.as_object_mut().unwrap().remove("machine");
+        let e = State::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            e.contains("machine") && e.contains("restart handover instead"),
+            "{e}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_parser_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = State::parse(&data);
+        }
+    }
+}
