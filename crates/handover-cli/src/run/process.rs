@@ -82,6 +82,8 @@ pub(super) struct Pumps {
     pipes: HashMap<u64, (Arc<OwnedFd>, Option<JoinHandle<bool>>)>,
     /// A byte in this pipe stops every pump (read end, write end).
     stop: Option<(Arc<OwnedFd>, OwnedFd)>,
+    /// The byte is in the pipe.
+    stopping: bool,
 }
 
 /// How long [`Pumps::stop_all`] waits for the pumps (one stuck writing to
@@ -138,8 +140,11 @@ impl Pumps {
         let Some((_, w)) = &self.stop else {
             return true;
         };
-        if rustix::io::write(w, b"s").is_err() {
-            return false;
+        if !self.stopping {
+            if rustix::io::write(w, b"s").is_err() {
+                return false;
+            }
+            self.stopping = true;
         }
         let deadline = std::time::Instant::now() + PUMP_STOP;
         let mut all = true;
@@ -165,9 +170,10 @@ impl Pumps {
     /// After [`Pumps::stop_all`], when handover does not exec after all:
     /// every pipe is pumped again.
     pub(super) fn restart_all(&mut self, events: &mpsc::UnboundedSender<Event>) {
-        if let Some((r, _)) = &self.stop {
-            let mut b = [0u8; 16];
+        if let (Some((r, _)), true) = (&self.stop, self.stopping) {
+            let mut b = [0u8; 1];
             let _ = rustix::io::read(&**r, &mut b);
+            self.stopping = false;
         }
         let ids: Vec<u64> = self
             .pipes

@@ -416,7 +416,10 @@ impl Driver {
         let now = Mono::now();
         self.reexec.requested = Some(now);
         tracing::info!(executable = %self.reexec.executable.display(), "re-exec requested: checking the new binary");
-        let state = match serde_json::to_vec(&self.state(machine, Vec::new(), now)) {
+        let state = match self
+            .state(machine, Vec::new(), now)
+            .and_then(|s| serde_json::to_vec(&s).map_err(|e| e.to_string()))
+        {
             Ok(s) => s,
             Err(e) => return self.reexec_failed(format!("cannot write the state: {e}")),
         };
@@ -596,13 +599,23 @@ impl Driver {
             tracing::warn!("a stderr reader did not stop; its last read may be lost");
         }
         let now = Mono::now();
-        let waiting = std::mem::take(&mut self.reexec.waiters);
-        let mut state = self.state(machine, waiting, now);
-        state.check_ms = ms(check);
-        let waiters: Vec<ReplyId> = state.reexec_replies.iter().map(|&i| ReplyId(i)).collect();
-        let error = match self.exec_with(&state) {
-            Ok(never) => match never {},
-            Err(e) => e,
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task")
+            && tasks.count() > 1
+        {
+            tracing::warn!(
+                "another thread runs: a signal that arrives during the exec may be lost with it"
+            );
+        }
+        let waiters = std::mem::take(&mut self.reexec.waiters);
+        let error = match self.state(machine, waiters.clone(), now) {
+            Ok(mut state) => {
+                state.check_ms = ms(check);
+                match self.exec_with(&state) {
+                    Ok(never) => match never {},
+                    Err(e) => e,
+                }
+            }
+            Err(e) => format!("cannot write the state: {e}"),
         };
         drop(hold);
         self.reexec.waiters = waiters;
@@ -679,7 +692,7 @@ impl Driver {
     }
 
     /// The state to hand over; `waiters` asked for the re-exec.
-    fn state(&self, machine: &Machine, waiters: Vec<ReplyId>, now: Mono) -> State {
+    fn state(&self, machine: &Machine, waiters: Vec<ReplyId>, now: Mono) -> Result<State, String> {
         let sockets = self
             .sockets
             .iter()
@@ -719,7 +732,13 @@ impl Driver {
             })
             .collect();
         stderr.sort_by_key(|p| p.generation);
-        State {
+        let notify_env = self.notify_env.to_str().ok_or_else(|| {
+            format!(
+                "the notify socket's path {:?} is not UTF-8; give --control a UTF-8 path",
+                self.notify_env
+            )
+        })?;
+        Ok(State {
             format: FORMAT.into(),
             version: VERSION,
             written_by: crate::VERSION.into(),
@@ -740,7 +759,7 @@ impl Driver {
                 fd: "control".into(),
             },
             notify: NotifyState {
-                env: self.notify_env.to_string_lossy().into_owned(),
+                env: notify_env.to_string(),
                 fd: "notify".into(),
             },
             stderr,
@@ -750,7 +769,7 @@ impl Driver {
             requested_at: self.reexec.requested.or(Some(now)),
             check_ms: 0.0,
             previous_version: crate::VERSION.into(),
-        }
+        })
     }
 
     /// The re-exec fields of `status`.
