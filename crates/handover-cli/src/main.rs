@@ -560,6 +560,14 @@ fn render_status(a: &serde_json::Value) -> String {
         a["pid"],
         join(&a["program"])
     );
+    if a["reexecs"].as_u64().is_some_and(|n| n > 0) {
+        out.push_str(&format!(
+            "handover {} at {}, re-executed {} time(s)\n",
+            a["version"].as_str().unwrap_or("?"),
+            a["executable"].as_str().unwrap_or("?"),
+            a["reexecs"]
+        ));
+    }
     out.push_str("sockets:\n");
     for s in a["sockets"].as_array().into_iter().flatten() {
         out.push_str(&format!(

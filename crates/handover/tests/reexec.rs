@@ -68,7 +68,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let mut failed = 0;
+    let (mut failed, mut passed) = (0, 0);
     for (name, test) in tests {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
@@ -76,15 +76,21 @@ fn main() {
         print!("test {name} ... ");
         let _ = std::io::stdout().flush();
         match std::panic::catch_unwind(test) {
-            Ok(()) => println!("ok"),
+            Ok(()) => {
+                println!("ok");
+                passed += 1;
+            }
             Err(_) => {
                 println!("FAILED");
                 failed += 1;
             }
         }
     }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
     if failed > 0 {
-        eprintln!("{failed} test(s) failed");
         std::process::exit(1);
     }
 }

@@ -21,7 +21,8 @@
 //! | `process` | starting generations and readiness probes; their stderr |
 //! | `signals` | signals as events, one per delivery |
 //! | `status` | the `status` answer |
-//! | `sockets`, `config` | the listening sockets; the options |
+//! | `sockets`, `config` | the listening sockets (and systemd's fd store); the options |
+//! | `reexec` | `handover reexec`: the state handed to a re-executed image, the check mode, the exec, the takeover |
 //!
 //! # The state machine
 //!
