@@ -443,3 +443,44 @@ fn a_generations_stderr_is_still_read_after_a_reexec() {
     h.wait_log("late-line-from-the-generation", Duration::from_secs(20));
     assert_eq!(exe(h.pid()), bins.version("b"));
 }
+
+#[test]
+fn a_reload_whose_readiness_probe_runs_during_a_reexec_completes() {
+    let bins = Bins::new();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("probe-runs");
+    // Each probe run takes 400 ms and is logged; ready on its second run.
+    let probe = format!(
+        "exec:echo run >> '{r}'; sleep 0.4; [ $(wc -l < '{r}') -ge 2 ]",
+        r = runs.display()
+    );
+    let mut h = Handover::start(Setup {
+        binary: Some(bins.current()),
+        program: Some(vec![handover_bin().to_string(), "demo-server".to_string()]),
+        options: vec!["--ready".into(), probe],
+        ..Setup::default()
+    });
+    let pid = h.pid();
+    let first = h.current_pid();
+    std::fs::remove_file(&runs).unwrap();
+    let control = h.control.clone();
+    let reload =
+        std::thread::spawn(move || control_json(&control, "reload", Duration::from_secs(60)));
+    wait_until("the probe runs", Duration::from_secs(10), || runs.exists());
+    bins.deploy(&bins.version("b"));
+    let (ok, out, err) = reexec(&h);
+    assert!(ok, "{out}{err}\n{}", h.log());
+    // The probe run the exec interrupted is not left behind, and the new
+    // image probes again: the reload completes.
+    let answer = reload.join().unwrap().expect("the reload was not answered");
+    assert_eq!(answer["ok"], true, "{answer}\n{}", h.log());
+    assert_ne!(h.current_pid(), first);
+    assert_eq!(h.wait_status(Duration::from_secs(10))["pid"], pid);
+    wait_until("no probe is left", Duration::from_secs(10), || {
+        support::children(pid).iter().all(|c| {
+            !std::fs::read_to_string(format!("/proc/{c}/cmdline"))
+                .unwrap_or_default()
+                .contains("sleep")
+        })
+    });
+}
