@@ -197,6 +197,25 @@ pub async fn serve_clients(listener: UnixListener, tx: mpsc::Sender<Incoming>, c
                 continue;
             }
         };
+        // A client in another pid namespace (the host, for a handover in a
+        // container) has pid 0 here; its uid is what is checked. Checked
+        // before the client is registered, so that only trusted clients are
+        // ever carried across a re-exec.
+        match handover::socket::PeerCred::of(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(cred) if cred.uid == me.as_raw() || cred.uid == 0 => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    pid = cred.pid,
+                    uid = cred.uid,
+                    "control socket: refused a client of another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: could not check a client");
+                continue;
+            }
+        }
         let tx = tx.clone();
         let slots = slots.clone();
         let clients = clients.clone();
@@ -206,23 +225,6 @@ pub async fn serve_clients(listener: UnixListener, tx: mpsc::Sender<Incoming>, c
         let id = clients.register(&stream, Stage::Reading(Vec::new()));
         tokio::spawn(async move {
             let _gone = Unregister(&clients, id);
-            // A client in another pid namespace (the host, for a handover in a
-            // container) has pid 0 here; its uid is what is checked.
-            match handover::socket::PeerCred::of(std::os::fd::AsFd::as_fd(&stream)) {
-                Ok(cred) if cred.uid == me.as_raw() || cred.uid == 0 => {}
-                Ok(cred) => {
-                    tracing::warn!(
-                        pid = cred.pid,
-                        uid = cred.uid,
-                        "control socket: refused a client of another user"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket: could not check a client");
-                    return;
-                }
-            }
             handle(&stream, id, tx, &slots, &clients, Start::Read(Vec::new())).await;
         });
     }

@@ -64,7 +64,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -472,7 +472,7 @@ impl<'a> Reexec<'a> {
     }
 
     /// The `HANDOVER_REEXEC_FDS` value for the kept descriptors.
-    pub fn fds_value(&self) -> String {
+    fn fds_value(&self) -> String {
         self.fds
             .iter()
             .map(|(n, fd)| format!("{}={n}", fd.as_raw_fd()))
@@ -625,14 +625,10 @@ fn open_fds() -> io::Result<Vec<RawFd>> {
     Ok(out)
 }
 
-/// Whether `fd` will stay open across an exec (is not close-on-exec).
-pub fn is_inheritable(fd: impl AsFd) -> io::Result<bool> {
-    Ok(!rustix::io::fcntl_getfd(fd)?.contains(rustix::io::FdFlags::CLOEXEC))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn fds_variable() {
