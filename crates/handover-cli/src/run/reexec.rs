@@ -438,6 +438,7 @@ impl Driver {
         if let Some(arg0) = self.reexec.argv.first() {
             cmd.arg0(arg0);
         }
+        handover::activation::strip_env(&mut cmd);
         cmd.arg("--reexec-check")
             .args(self.reexec.argv.iter().skip(1))
             .env_remove(handover::reexec::PID_ENV)
@@ -777,6 +778,9 @@ impl Driver {
         v["version"] = json!(crate::VERSION);
         v["executable"] = json!(self.reexec.executable.display().to_string());
         v["reexecs"] = json!(self.reexec.count);
+        if let Some(p) = &self.reexec.previous_version {
+            v["previous_version"] = json!(p);
+        }
         if self.reexec.requested.is_some() {
             v["reexec_in_progress"] = json!(true);
         }
