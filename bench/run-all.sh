@@ -31,6 +31,7 @@ if ((quick)); then
     sockets_args="--samples 3"
     idle_args="--connections 0,1000 --rounds 1"
     supervisor_args="--idle 2s --reloads 10 --rounds 1"
+    reexec_args="--samples 3"
 else
     out=bench/results/latest.md
     failures_args=""
@@ -38,6 +39,7 @@ else
     sockets_args=""
     idle_args=""
     supervisor_args=""
+    reexec_args=""
 fi
 
 bench=target/release/handover-bench
@@ -114,6 +116,7 @@ figure "3b. Reload with idle keep-alive connections on the old generation" $benc
 cargo_bench "4. Throughput through drain listeners against raw listeners" drain_throughput
 cargo_bench "5. Passing 10,000 fds with pass against raw sendmsg/recvmsg" pass_fds
 figure "6. The supervisor's memory and CPU" $bench supervisor $supervisor_args
+figure "7. Upgrading the supervisor in place: handover reexec" $bench reexec $reexec_args
 
 mv "$tmp" "$out"
 trap - EXIT

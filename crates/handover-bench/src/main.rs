@@ -8,6 +8,7 @@ mod common;
 mod failures;
 mod latency;
 mod machine;
+mod reexec;
 mod scale;
 mod spawn_cost;
 mod supervisor;
@@ -42,6 +43,8 @@ enum Cmd {
     Supervisor(supervisor::SupervisorArgs),
     /// Upgrade latency and the old process's longest stall with 0, 1 and 4 GB of heap (figure 7).
     Spawn(spawn_cost::SpawnArgs),
+    /// `handover reexec` against a status request and a reload (figure 8).
+    Reexec(reexec::ReexecArgs),
     /// Describe this machine (CPUs, CPU model, kernel, rustc).
     Machine,
 }
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Idle(a) => scale::idle(&bins, a),
         Cmd::Supervisor(a) => supervisor::run(&bins, a),
         Cmd::Spawn(a) => spawn_cost::run(&bins, a),
+        Cmd::Reexec(a) => reexec::run(&bins, a),
         Cmd::Machine => machine::run(&bins.python),
     };
     match result {

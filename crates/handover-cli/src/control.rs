@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -110,6 +109,9 @@ pub enum Request {
     Status,
     /// Drain and exit.
     Stop,
+    /// Re-execute handover itself in place (same pid, same generations),
+    /// after proving the new binary can take over.
+    Reexec,
 }
 
 /// Parses a request line.
@@ -118,7 +120,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     serde_json::from_str(text.trim()).map_err(|e| {
         format!(
             "the request {:?} is not valid: {e}; expected one JSON object per line, \
-             {{\"cmd\":\"reload\"}}, {{\"cmd\":\"status\"}} or {{\"cmd\":\"stop\"}}",
+             {{\"cmd\":\"reload\"}}, {{\"cmd\":\"status\"}}, {{\"cmd\":\"stop\"}} or \
+             {{\"cmd\":\"reexec\"}}",
             truncate(text.trim(), 80)
         )
     })
@@ -151,6 +154,9 @@ pub struct Incoming {
     /// Resolves once the answer was written (or given up on), for callers
     /// that exit right after answering.
     pub written: oneshot::Receiver<()>,
+    /// The client's id in [`Clients`] (unique for the supervisor's life,
+    /// across re-executions).
+    pub client: u64,
 }
 
 /// Binds the control socket at `path` (mode 0600; a stale file is replaced,
@@ -174,7 +180,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 
 /// Serves the control socket forever, sending each valid request to `tx`.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
-    let slots = Arc::new(Slots::new());
+    serve_clients(listener, tx, Clients::starting_at(1)).await
+}
+
+/// [`serve`], with every connection registered in `clients` until it is
+/// answered (see [`Clients`]).
+pub async fn serve_clients(listener: UnixListener, tx: mpsc::Sender<Incoming>, clients: Clients) {
+    let slots = clients.slots.clone();
     let me = rustix::process::getuid();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -185,27 +197,35 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
                 continue;
             }
         };
+        // A client in another pid namespace (the host, for a handover in a
+        // container) has pid 0 here; its uid is what is checked. Checked
+        // before the client is registered, so that only trusted clients are
+        // ever carried across a re-exec.
+        match handover::socket::PeerCred::of(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(cred) if cred.uid == me.as_raw() || cred.uid == 0 => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    pid = cred.pid,
+                    uid = cred.uid,
+                    "control socket: refused a client of another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: could not check a client");
+                continue;
+            }
+        }
         let tx = tx.clone();
         let slots = slots.clone();
+        let clients = clients.clone();
+        // Registered before anything else runs, so a supervisor that
+        // re-executes itself carries every accepted connection over.
+        let stream = Arc::new(stream);
+        let id = clients.register(&stream, Stage::Reading(Vec::new()));
         tokio::spawn(async move {
-            // A client in another pid namespace (the host, for a handover in a
-            // container) has pid 0 here; its uid is what is checked.
-            match handover::socket::PeerCred::of(std::os::fd::AsFd::as_fd(&stream)) {
-                Ok(cred) if cred.uid == me.as_raw() || cred.uid == 0 => {}
-                Ok(cred) => {
-                    tracing::warn!(
-                        pid = cred.pid,
-                        uid = cred.uid,
-                        "control socket: refused a client of another user"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket: could not check a client");
-                    return;
-                }
-            }
-            handle(stream, tx, &slots).await;
+            let _gone = Unregister(&clients, id);
+            handle(&stream, id, tx, &slots, &clients, Start::Read(Vec::new())).await;
         });
     }
 }
@@ -251,7 +271,13 @@ enum Slot {
 
 /// Reads one request within [`REQUEST_TIMEOUT`]. A request that has arrived
 /// takes no slot; until it has, the client needs one (see the module docs).
-async fn read_request(stream: &UnixStream, slots: &Slots) -> Read {
+async fn read_request(
+    stream: &UnixStream,
+    slots: &Slots,
+    mut line: Vec<u8>,
+    clients: &Clients,
+    id: u64,
+) -> Read {
     let started = tokio::time::Instant::now();
     let deadline = tokio::time::sleep(REQUEST_TIMEOUT);
     tokio::pin!(deadline);
@@ -262,9 +288,10 @@ async fn read_request(stream: &UnixStream, slots: &Slots) -> Read {
     // The slot, if any, is released when this returns.
     let mut slot = Slot::Acquiring;
     let mut check = tokio::time::interval(PRESSURE_CHECK);
-    let mut line = Vec::new();
     loop {
-        match read_available(stream, &mut line) {
+        let read = read_available(stream, &mut line);
+        clients.set(id, Stage::Reading(line.clone()));
+        match read {
             Ok(true) => {
                 if let Some(end) = line.iter().position(|&b| b == b'\n') {
                     line.truncate(end + 1);
@@ -296,59 +323,305 @@ async fn read_request(stream: &UnixStream, slots: &Slots) -> Read {
     }
 }
 
-async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Incoming>, slots: &Slots) {
+/// Where a client's handling starts: a fresh connection (or one carried
+/// over a re-exec while its request was arriving) is read; a request read
+/// before a re-exec is submitted; a client the supervisor already owes an
+/// answer waits for it.
+enum Start {
+    Read(Vec<u8>),
+    Submit(Request),
+    Wait(oneshot::Receiver<Answer>, oneshot::Sender<()>),
+}
+
+async fn handle(
+    stream: &UnixStream,
+    id: u64,
+    tx: mpsc::Sender<Incoming>,
+    slots: &Slots,
+    clients: &Clients,
+    start: Start,
+) {
     let mut done_tx: Option<oneshot::Sender<()>> = None;
-    let reply = match read_request(&stream, slots).await {
-        Read::TimedOut => error_answer(format!(
-            "no complete request within {REQUEST_TIMEOUT:?}; send one JSON line ending in a newline"
-        )),
-        Read::MadeRoom => error_answer(format!(
-            "closed to make room for waiting clients: no complete request within \
-             {IDLE_UNDER_PRESSURE:?} while all {MAX_CLIENTS} slots were taken; send one JSON line \
-             ending in a newline right after connecting"
-        )),
-        Read::Busy => error_answer(format!(
-            "busy: {MAX_CLIENTS} control clients are sending requests and {MAX_WAITING} more are \
-             waiting; try again"
-        )),
-        Read::Failed(e) => error_answer(format!(
-            "could not read the request: {e}; send one JSON line ending in a newline"
-        )),
-        Read::Done(line) if line.len() > MAX_REQUEST => error_answer(format!(
-            "the request is longer than {MAX_REQUEST} bytes; expected one short JSON line \
-                 like {{\"cmd\":\"status\"}}"
-        )),
-        Read::Done(line) if !line.ends_with(b"\n") => error_answer(
-            "the request ended without a newline; send one JSON line ending in a newline",
-        ),
-        Read::Done(line) => match parse_request(&line) {
-            Err(e) => error_answer(e),
-            Ok(request) => {
-                let (reply, rx) = oneshot::channel();
-                let (done, written) = oneshot::channel();
-                done_tx = Some(done);
-                if tx
-                    .send(Incoming {
-                        request,
-                        reply,
-                        written,
-                    })
-                    .await
-                    .is_err()
-                {
-                    error_answer("handover is shutting down")
-                } else {
-                    rx.await
-                        .unwrap_or_else(|_| error_answer("handover is shutting down"))
-                }
-            }
+    let request = match start {
+        Start::Read(received) => match read_request(stream, slots, received, clients, id).await {
+            Read::TimedOut => Err(error_answer(format!(
+                "no complete request within {REQUEST_TIMEOUT:?}; send one JSON line ending in a newline"
+            ))),
+            Read::MadeRoom => Err(error_answer(format!(
+                "closed to make room for waiting clients: no complete request within \
+                 {IDLE_UNDER_PRESSURE:?} while all {MAX_CLIENTS} slots were taken; send one JSON line \
+                 ending in a newline right after connecting"
+            ))),
+            Read::Busy => Err(error_answer(format!(
+                "busy: {MAX_CLIENTS} control clients are sending requests and {MAX_WAITING} more are \
+                 waiting; try again"
+            ))),
+            Read::Failed(e) => Err(error_answer(format!(
+                "could not read the request: {e}; send one JSON line ending in a newline"
+            ))),
+            Read::Done(line) if line.len() > MAX_REQUEST => Err(error_answer(format!(
+                "the request is longer than {MAX_REQUEST} bytes; expected one short JSON line \
+                     like {{\"cmd\":\"status\"}}"
+            ))),
+            Read::Done(line) if !line.ends_with(b"\n") => Err(error_answer(
+                "the request ended without a newline; send one JSON line ending in a newline",
+            )),
+            Read::Done(line) => parse_request(&line).map_err(error_answer),
         },
+        Start::Submit(request) => Ok(request),
+        Start::Wait(rx, done) => {
+            done_tx = Some(done);
+            Err(rx
+                .await
+                .unwrap_or_else(|_| error_answer("handover is shutting down")))
+        }
+    };
+    let reply = match request {
+        Err(answer) => answer,
+        Ok(request) => {
+            let (reply, rx) = oneshot::channel();
+            let (done, written) = oneshot::channel();
+            done_tx = Some(done);
+            clients.set(id, Stage::Submitted(request));
+            if tx
+                .send(Incoming {
+                    request,
+                    reply,
+                    written,
+                    client: id,
+                })
+                .await
+                .is_err()
+            {
+                error_answer("handover is shutting down")
+            } else {
+                rx.await
+                    .unwrap_or_else(|_| error_answer("handover is shutting down"))
+            }
+        }
     };
     let mut text = serde_json::to_vec(&reply).unwrap_or_default();
     text.push(b'\n');
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&text)).await;
+    clients.set(id, Stage::Answering(text.clone()));
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write_all(stream, &text, clients, id)).await;
     if let Some(done) = done_tx {
         let _ = done.send(());
+    }
+}
+
+/// Writes `text`, keeping what is left to write in the client's
+/// [`Stage::Answering`].
+async fn write_all(
+    stream: &UnixStream,
+    mut text: &[u8],
+    clients: &Clients,
+    id: u64,
+) -> std::io::Result<()> {
+    while !text.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(text) {
+            Ok(n) => {
+                text = &text[n..];
+                clients.set(id, Stage::Answering(text.to_vec()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where an unanswered control client stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Its request is arriving: the bytes received so far.
+    Reading(Vec<u8>),
+    /// Its request was read and sent to the supervisor.
+    Submitted(Request),
+    /// Its answer is being written: what is left of it.
+    Answering(Vec<u8>),
+}
+
+struct Entry {
+    stream: Arc<UnixStream>,
+    stage: Stage,
+}
+
+struct Registry {
+    next: u64,
+    live: std::collections::BTreeMap<u64, Entry>,
+}
+
+/// The control connections not answered yet, each with its [`Stage`]: what
+/// a supervisor that re-executes itself in place hands to its new image,
+/// so that no client loses its request or its answer. Every connection is
+/// registered as it is accepted, and leaves once its answer is written.
+#[derive(Clone)]
+pub struct Clients {
+    registry: Arc<std::sync::Mutex<Registry>>,
+    slots: Arc<Slots>,
+}
+
+/// An unanswered control client, as [`Clients::unanswered`] lists it.
+pub struct Unanswered {
+    /// Its id ([`Incoming::client`]).
+    pub id: u64,
+    /// Its connection.
+    pub stream: Arc<UnixStream>,
+    /// Where it stands.
+    pub stage: Stage,
+}
+
+/// Takes a client off the registry when its task ends.
+struct Unregister<'a>(&'a Clients, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.lock().live.remove(&self.1);
+    }
+}
+
+impl Clients {
+    /// An empty registry whose first client gets id `first` (a re-executed
+    /// supervisor goes on from where the old image stopped).
+    pub fn starting_at(first: u64) -> Clients {
+        Clients {
+            registry: Arc::new(std::sync::Mutex::new(Registry {
+                next: first.max(1),
+                live: Default::default(),
+            })),
+            slots: Arc::new(Slots::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register(&self, stream: &Arc<UnixStream>, stage: Stage) -> u64 {
+        let mut r = self.lock();
+        let id = r.next;
+        r.next += 1;
+        r.live.insert(
+            id,
+            Entry {
+                stream: stream.clone(),
+                stage,
+            },
+        );
+        id
+    }
+
+    fn set(&self, id: u64, stage: Stage) {
+        if let Some(e) = self.lock().live.get_mut(&id) {
+            e.stage = stage;
+        }
+    }
+
+    /// The id the next client will get.
+    pub fn next_id(&self) -> u64 {
+        self.lock().next
+    }
+
+    /// Records that `answer` was handed to client `id`'s task (which may not
+    /// have run yet): from now on the client is owed those bytes, not a
+    /// decision.
+    pub fn answered(&self, id: u64, answer: &Answer) {
+        let mut text = serde_json::to_vec(answer).unwrap_or_default();
+        text.push(b'\n');
+        self.set(id, Stage::Answering(text));
+    }
+
+    /// Every client not answered yet.
+    pub fn unanswered(&self) -> Vec<Unanswered> {
+        self.lock()
+            .live
+            .iter()
+            .map(|(&id, e)| Unanswered {
+                id,
+                stream: e.stream.clone(),
+                stage: e.stage.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes over a client carried across a re-exec: its request goes on
+    /// arriving ([`Stage::Reading`]), is submitted again
+    /// ([`Stage::Submitted`]), or what is left of its answer is written
+    /// ([`Stage::Answering`]). Must run inside the runtime.
+    pub fn resume(
+        &self,
+        id: u64,
+        stream: std::os::unix::net::UnixStream,
+        stage: Stage,
+        tx: mpsc::Sender<Incoming>,
+    ) -> std::io::Result<()> {
+        let stream = self.adopt(id, stream, stage.clone())?;
+        let clients = self.clone();
+        tokio::spawn(async move {
+            let _gone = Unregister(&clients, id);
+            let start = match stage {
+                Stage::Reading(received) => Start::Read(received),
+                Stage::Submitted(request) => Start::Submit(request),
+                Stage::Answering(text) => {
+                    let _ = tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        write_all(&stream, &text, &clients, id),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let slots = clients.slots.clone();
+            handle(&stream, id, tx, &slots, &clients, start).await;
+        });
+        Ok(())
+    }
+
+    /// Takes over a client carried across a re-exec that waits for an
+    /// answer the supervisor owes it: the answer sent on the returned
+    /// channel is written to it; the second resolves once it was.
+    pub fn resume_waiting(
+        &self,
+        id: u64,
+        stream: std::os::unix::net::UnixStream,
+        request: Request,
+        tx: mpsc::Sender<Incoming>,
+    ) -> std::io::Result<(oneshot::Sender<Answer>, oneshot::Receiver<()>)> {
+        let stream = self.adopt(id, stream, Stage::Submitted(request))?;
+        let (reply, rx) = oneshot::channel();
+        let (done, written) = oneshot::channel();
+        let clients = self.clone();
+        tokio::spawn(async move {
+            let _gone = Unregister(&clients, id);
+            let slots = clients.slots.clone();
+            handle(&stream, id, tx, &slots, &clients, Start::Wait(rx, done)).await;
+        });
+        Ok((reply, written))
+    }
+
+    fn adopt(
+        &self,
+        id: u64,
+        stream: std::os::unix::net::UnixStream,
+        stage: Stage,
+    ) -> std::io::Result<Arc<UnixStream>> {
+        stream.set_nonblocking(true)?;
+        let stream = Arc::new(UnixStream::from_std(stream)?);
+        let mut r = self.lock();
+        r.next = r.next.max(id + 1);
+        r.live.insert(
+            id,
+            Entry {
+                stream: stream.clone(),
+                stage,
+            },
+        );
+        Ok(stream)
     }
 }
 
@@ -522,7 +795,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     #[test]
     fn requests_parse() {

@@ -44,6 +44,12 @@ struct Cli {
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
 
+    /// Check mode of `handover reexec`: read a running handover's state on
+    /// stdin and say whether this binary can take it over (with the same
+    /// arguments), then exit.
+    #[arg(long, global = true, hide = true)]
+    reexec_check: bool,
+
     #[command(subcommand)]
     command: Cmd,
 }
@@ -86,6 +92,17 @@ enum Cmd {
     },
     /// Ask a running handover to stop gracefully, and wait until it has.
     Stop(ControlArgs),
+    /// Upgrade a running handover itself, in place, without a restart.
+    ///
+    /// The running `handover run` re-executes the file at the path it was
+    /// started from (replace the file or swap a symlink there first) in the
+    /// same process: its pid, its generations, its sockets, its control and
+    /// notify sockets all stay, and the generations are not signalled.
+    /// Before, it runs the new binary once in a check mode; if that fails
+    /// (a broken binary, a handover too old to read the state), the running
+    /// handover serves on and this command exits non-zero with the reason.
+    /// Requests that arrive meanwhile wait and are answered afterwards.
+    Reexec(ControlArgs),
     /// Prove zero downtime: load a server while reloading it, count every
     /// failed request.
     Verify(verify::VerifyArgs),
@@ -250,6 +267,14 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse)]
     stop_delay: Duration,
 
+    /// Do not keep the sockets in systemd's fd store. By default, under
+    /// systemd (NOTIFY_SOCKET set), each socket handover binds is stored
+    /// (FDSTORE=1, named handover.NAME) and taken back from LISTEN_FDS when
+    /// systemd starts handover again after a crash, so connections wait
+    /// instead of being refused; the unit needs FileDescriptorStoreMax=.
+    #[arg(long)]
+    no_fd_store: bool,
+
     /// The program to run, and its arguments.
     #[arg(required = true, last = true, value_name = "PROGRAM")]
     program: Vec<OsString>,
@@ -330,9 +355,39 @@ fn main() -> ExitCode {
         Err(e) => with_hints(e).exit(),
     };
     init_logs(cli.log_format, &cli.log_level);
+    if cli.reexec_check {
+        return match cli.command {
+            Cmd::Run(args) => match run::reexec::check(&config(args)) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("handover: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            _ => {
+                eprintln!("handover: --reexec-check goes with `handover run` only");
+                ExitCode::from(2)
+            }
+        };
+    }
     match cli.command {
         Cmd::Run(args) => cmd_run(args, cli.log_format),
         Cmd::Reload(c) => cmd_control(&c, control::Request::Reload, render_reload),
+        Cmd::Reexec(c) => cmd_control(&c, control::Request::Reexec, |a| {
+            format!(
+                "re-executed: handover (pid {}) now runs {} ({}), serving again {}ms after the \
+                 request (check {}ms); generations untouched: {}",
+                a["pid"],
+                a["executable"].as_str().unwrap_or("?"),
+                a["version"].as_str().unwrap_or("?"),
+                a["took_ms"],
+                a["check_ms"],
+                a["generations"]
+            )
+        }),
         Cmd::Status { control: c, json } => cmd_control(&c, control::Request::Status, |a| {
             if json {
                 serde_json::to_string_pretty(a).unwrap_or_default()
@@ -491,7 +546,36 @@ fn cmd_run(args: RunArgs, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = run::Config {
+    // The descriptors an earlier image kept across `handover reexec`.
+    let kept = match handover::reexec::Kept::from_env() {
+        Ok(k) => k,
+        Err(e) => {
+            report(&e.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = config(args);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("handover: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run::run(config, inherited, kept)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(args: RunArgs) -> run::Config {
+    run::Config {
         binds: args.binds,
         unix_mode: args.unix_mode,
         program: args.program,
@@ -514,23 +598,7 @@ fn cmd_run(args: RunArgs, log_format: LogFormat) -> ExitCode {
         watch: args.watch,
         watch_debounce: args.watch_debounce,
         stop_delay: args.stop_delay,
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("handover: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run::run(config, inherited)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            report(&e);
-            ExitCode::FAILURE
-        }
+        fd_store: !args.no_fd_store,
     }
 }
 
@@ -586,6 +654,14 @@ fn render_status(a: &serde_json::Value) -> String {
         a["pid"],
         join(&a["program"])
     );
+    if a["reexecs"].as_u64().is_some_and(|n| n > 0) {
+        out.push_str(&format!(
+            "handover {} at {}, re-executed {} time(s)\n",
+            a["version"].as_str().unwrap_or("?"),
+            a["executable"].as_str().unwrap_or("?"),
+            a["reexecs"]
+        ));
+    }
     out.push_str("sockets:\n");
     for s in a["sockets"].as_array().into_iter().flatten() {
         out.push_str(&format!(

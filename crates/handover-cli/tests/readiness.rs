@@ -280,6 +280,7 @@ fn with_an_http_probe_a_slow_gunicorn_app_is_ready_only_once_a_worker_answers() 
             .map(|s| s.to_string())
             .collect(),
         env: vec![("APP_IMPORT_SECONDS".into(), "2".into())],
+        ..Setup::default()
     });
     let loads = vec![load(&h, Mode::NewConnection)];
     let first = h.current_pid();

@@ -423,7 +423,9 @@ impl ListenFds {
         // pull them from under their owners.
         let adopted = sys::adopt_inherited_fds(LISTEN_FDS_START, count).map_err(|e| match e {
             sys::AdoptError::AlreadyAdopted => ActivationError::AlreadyReceived,
-            sys::AdoptError::NotOpen(fd) => ActivationError::FdNotOpen { fd, count },
+            sys::AdoptError::NotOpen(fd) | sys::AdoptError::Duplicate(fd) => {
+                ActivationError::FdNotOpen { fd, count }
+            }
             sys::AdoptError::Io(source) => ActivationError::Io {
                 context: "checking an inherited fd",
                 source,

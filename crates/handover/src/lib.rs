@@ -14,6 +14,7 @@
 //! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
 //! | [`pass`] | descriptors with metadata between unrelated processes over a Unix socket |
 //! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
+//! | [`reexec`] | re-executing this process in place (same pid, same children) with named descriptors kept |
 //!
 //! All `unsafe` code lives in one private module (`sys`), each use with a
 //! `SAFETY:` comment (the rest of the crate denies `unsafe_code`); the API
@@ -29,6 +30,7 @@ pub mod drain;
 pub mod notify;
 pub mod pass;
 pub mod process;
+pub mod reexec;
 pub mod socket;
 #[allow(unsafe_code)]
 mod sys;

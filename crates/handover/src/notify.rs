@@ -25,7 +25,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -88,7 +88,30 @@ pub enum NotifyError {
     /// A message longer than [`MAX_MESSAGE_LEN`] arrived (and was dropped).
     #[error("a notify message longer than {MAX_MESSAGE_LEN} bytes arrived and was dropped")]
     TooLong,
+    /// More descriptors than one message can carry.
+    #[error(
+        "{count} descriptors cannot travel in one notify message: at most {MAX_FDS_PER_MESSAGE} \
+         (SCM_MAX_FD); send them in several messages"
+    )]
+    TooManyFds {
+        /// How many were given.
+        count: usize,
+    },
+    /// A descriptor given as a bound notify socket is not one.
+    #[error(
+        "the descriptor given as the notify socket {target} is not a bound Unix datagram socket: \
+         {problem}"
+    )]
+    NotANotifySocket {
+        /// The address it should have.
+        target: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
+
+/// The most descriptors one message carries (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
 
 /// One state change to report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +129,15 @@ pub enum State<'a> {
     MainPid(u32),
     /// Any other `KEY=VALUE` line, sent as is.
     Custom(&'a str),
+    /// `FDSTORE=1`: keep the descriptors sent with this message in the
+    /// service manager's fd store (see [`Notifier::notify_with_fds`]).
+    FdStore,
+    /// `FDSTOREREMOVE=1`: drop the stored descriptors named by
+    /// [`State::FdName`].
+    FdStoreRemove,
+    /// `FDNAME=`: the name of the descriptors stored or removed (a
+    /// `LISTEN_FDNAMES` name: 1 to 255 printable ASCII characters, no `:`).
+    FdName(&'a str),
 }
 
 /// Renders `states` as the protocol's message text.
@@ -139,6 +171,17 @@ pub fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
                 check("custom", t)?;
                 out.push_str(t);
                 out.push('\n');
+            }
+            State::FdStore => out.push_str("FDSTORE=1\n"),
+            State::FdStoreRemove => out.push_str("FDSTOREREMOVE=1\n"),
+            State::FdName(n) => {
+                if !crate::activation::is_valid_name(n) {
+                    return Err(NotifyError::BadValue {
+                        key: "FDNAME",
+                        value: n.to_string(),
+                    });
+                }
+                out.push_str(&format!("FDNAME={n}\n"));
             }
         }
     }
@@ -209,6 +252,80 @@ impl Notifier {
         };
         let sock = UnixDatagram::unbound().map_err(fail)?;
         let sent = sock.send_to_addr(message.as_bytes(), addr).map_err(fail)?;
+        if sent != message.len() {
+            return Err(fail(io::Error::new(io::ErrorKind::WriteZero, "short send")));
+        }
+        Ok(())
+    }
+
+    /// Sends `states` with descriptors attached (`SCM_RIGHTS`), and this
+    /// process's credentials (`SCM_CREDENTIALS`, which systemd before
+    /// version 247 requires on a message with descriptors). Does nothing
+    /// when disabled.
+    ///
+    /// With [`State::FdStore`] and [`State::FdName`], systemd keeps the
+    /// descriptors in the service's fd store (the unit needs
+    /// `FileDescriptorStoreMax=`; without it they are closed) and passes
+    /// them back with `LISTEN_FDS`/`LISTEN_FDNAMES` when the service starts
+    /// again, after a crash for example.
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsFd;
+    /// use handover::notify::{Notifier, State};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
+    /// Notifier::from_env()?.notify_with_fds(
+    ///     &[State::FdStore, State::FdName("http")],
+    ///     &[listener.as_fd()],
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_with_fds(
+        &self,
+        states: &[State<'_>],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), NotifyError> {
+        if fds.len() > MAX_FDS_PER_MESSAGE {
+            return Err(NotifyError::TooManyFds { count: fds.len() });
+        }
+        let Some((addr, name)) = &self.target else {
+            return Ok(());
+        };
+        if fds.is_empty() {
+            return self.notify(states);
+        }
+        let message = render(states)?;
+        let fail = |source| NotifyError::Send {
+            message: message.clone(),
+            target: name.to_string_lossy().into_owned(),
+            source,
+        };
+        let sock = UnixDatagram::unbound().map_err(fail)?;
+        sock.connect_addr(addr).map_err(fail)?;
+        let cred = rustix::net::UCred {
+            pid: rustix::process::getpid(),
+            uid: rustix::process::getuid(),
+            gid: rustix::process::getgid(),
+        };
+        let mut space = vec![
+            std::mem::MaybeUninit::uninit();
+            rustix::cmsg_space!(ScmRights(fds.len()), ScmCredentials(1))
+        ];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        let pushed = control.push(rustix::net::SendAncillaryMessage::ScmRights(fds))
+            && control.push(rustix::net::SendAncillaryMessage::ScmCredentials(cred));
+        if !pushed {
+            return Err(fail(io::Error::other(
+                "the control message buffer is too small",
+            )));
+        }
+        let sent = rustix::net::sendmsg(
+            &sock,
+            &[io::IoSlice::new(message.as_bytes())],
+            &mut control,
+            rustix::net::SendFlags::empty(),
+        )
+        .map_err(|e| fail(e.into()))?;
         if sent != message.len() {
             return Err(fail(io::Error::new(io::ErrorKind::WriteZero, "short send")));
         }
@@ -342,6 +459,38 @@ impl NotifySocket {
             source,
         })?;
         Self::finish(sock, OsString::from_vec(env), target, SocketFile::default())
+    }
+
+    /// Takes over a notify socket that is already bound, for example one a
+    /// supervisor kept across an in-place re-exec ([`crate::reexec`]).
+    /// `address` is its [`env_value`](Self::env_value) (`/path` or `@name`);
+    /// a path's file is removed on drop, as with [`bind`](Self::bind).
+    pub fn from_fd(fd: OwnedFd, address: &OsStr) -> Result<NotifySocket, NotifyError> {
+        let target = address.to_string_lossy().into_owned();
+        let wrong = |problem: String| NotifyError::NotANotifySocket {
+            target: target.clone(),
+            problem,
+        };
+        match rustix::net::sockopt::socket_type(&fd) {
+            Ok(rustix::net::SocketType::DGRAM) => {}
+            Ok(other) => return Err(wrong(format!("its type is {other:?}"))),
+            Err(e) => return Err(wrong(io::Error::from(e).to_string())),
+        }
+        let want = parse_address(address)?;
+        let sock = UnixDatagram::from(fd);
+        let have = sock
+            .local_addr()
+            .map_err(|e| wrong(format!("it has no local address: {e}")))?;
+        let same = match (want.as_pathname(), have.as_pathname()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => want.as_abstract_name() == have.as_abstract_name(),
+            _ => false,
+        };
+        if !same {
+            return Err(wrong(format!("it is bound to {have:?}")));
+        }
+        let file = SocketFile(want.as_pathname().map(Path::to_path_buf));
+        Self::finish(sock, address.to_owned(), target, file)
     }
 
     fn finish(
@@ -555,6 +704,98 @@ mod tests {
         let long = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
         let e = NotifySocket::bind(&long).unwrap_err().to_string();
         assert!(e.contains("limited to 107"), "{e}");
+    }
+
+    #[test]
+    fn fd_store_states_render_and_names_are_checked() {
+        let t = render(&[State::FdStore, State::FdName("http")]).unwrap();
+        assert_eq!(t, "FDSTORE=1\nFDNAME=http\n");
+        let t = render(&[State::FdStoreRemove, State::FdName("a.b")]).unwrap();
+        assert_eq!(t, "FDSTOREREMOVE=1\nFDNAME=a.b\n");
+        for bad in ["", "a:b", "new\nline", &"x".repeat(256)] {
+            let e = render(&[State::FdName(bad)]).unwrap_err().to_string();
+            assert!(e.starts_with("FDNAME value"), "{e}");
+        }
+    }
+
+    #[test]
+    fn fds_travel_with_credentials() {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let sock = NotifySocket::bind(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = Notifier::to(sock.env_value()).unwrap();
+        n.notify_with_fds(
+            &[State::FdStore, State::FdName("http")],
+            &[listener.as_fd()],
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let mut space =
+            [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            &sock,
+            &mut [io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .unwrap();
+        assert_eq!(&buf[..got.bytes], b"FDSTORE=1\nFDNAME=http\n");
+        let (mut fds, mut pid) = (Vec::new(), None);
+        for m in control.drain() {
+            match m {
+                RecvAncillaryMessage::ScmRights(r) => fds.extend(r),
+                RecvAncillaryMessage::ScmCredentials(c) => pid = Some(c.pid.as_raw_nonzero().get()),
+                _ => {}
+            }
+        }
+        assert_eq!(pid, Some(std::process::id() as i32));
+        assert_eq!(fds.len(), 1);
+        let a = rustix::fs::fstat(&fds[0]).unwrap();
+        let b = rustix::fs::fstat(&listener).unwrap();
+        assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino));
+        // Too many for one message.
+        let many = vec![listener.as_fd(); MAX_FDS_PER_MESSAGE + 1];
+        assert!(matches!(
+            n.notify_with_fds(&[State::FdStore], &many),
+            Err(NotifyError::TooManyFds { count: 254 })
+        ));
+        // Disabled: nothing is sent, nothing fails.
+        Notifier::disabled()
+            .notify_with_fds(&[State::FdStore], &[listener.as_fd()])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_bound_socket_is_taken_over_by_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let sock = NotifySocket::bind(&path).unwrap();
+        let env = sock.env_value().to_owned();
+        let fd = sock.sock.try_clone().unwrap();
+        let again = NotifySocket::from_fd(OwnedFd::from(fd), &env).unwrap();
+        Notifier::to(&env).unwrap().notify(&[State::Ready]).unwrap();
+        let m = again
+            .recv_timeout(Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        assert!(m.is_ready() && m.pid == Some(std::process::id()));
+        // Another address, or not a datagram socket: refused.
+        let fd = OwnedFd::from(sock.sock.try_clone().unwrap());
+        let e = NotifySocket::from_fd(fd, OsStr::new("/elsewhere.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is bound to"), "{e}");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = NotifySocket::from_fd(OwnedFd::from(tcp), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a bound Unix datagram socket"), "{e}");
+        drop(sock);
+        drop(again);
+        assert!(!path.exists());
     }
 
     #[test]

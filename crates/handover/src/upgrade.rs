@@ -212,6 +212,15 @@ pub struct Options {
     pub executable: Option<PathBuf>,
     /// How fresh sockets are bound.
     pub bind: BindOptions,
+    /// Under systemd (`NOTIFY_SOCKET` set), keep each socket
+    /// [`Upgrader::listen`] returns in the service's fd store as well
+    /// (`FDSTORE=1`, `FDNAME=` its name): when the process dies (a crash,
+    /// `kill -9`) and systemd starts the service again, the new process
+    /// gets the same socket back under its name, with the connections that
+    /// arrived meanwhile waiting in its queue instead of being refused. The
+    /// unit needs `FileDescriptorStoreMax=` (and `Restart=`); see
+    /// [`Notifier::notify_with_fds`]. Default: off.
+    pub fd_store: bool,
 }
 
 impl Default for Options {
@@ -221,6 +230,7 @@ impl Default for Options {
             pid_file: None,
             executable: None,
             bind: BindOptions::default(),
+            fd_store: false,
         }
     }
 }
@@ -241,6 +251,13 @@ impl Options {
     /// Sets the program to re-execute.
     pub fn executable(mut self, p: impl Into<PathBuf>) -> Self {
         self.executable = Some(p.into());
+        self
+    }
+
+    /// Keeps the sockets in systemd's fd store too (see
+    /// [`Options::fd_store`]).
+    pub fn fd_store(mut self, on: bool) -> Self {
+        self.fd_store = on;
         self
     }
 }
@@ -417,15 +434,15 @@ impl Upgrader {
                 source,
             });
         }
-        let fd = match take_matching::<T>(&mut st.inherited, name, address)? {
+        let (fd, fresh) = match take_matching::<T>(&mut st.inherited, name, address)? {
             Some(fd) => {
                 tracing::info!(name, %address, "using the inherited socket");
-                fd
+                (fd, false)
             }
             None => {
                 let fd = address.bind(&self.inner.options.bind)?;
                 tracing::info!(name, %address, "bound a new socket");
-                fd
+                (fd, true)
             }
         };
         T::check(fd.as_fd()).map_err(|source| UpgradeError::Convert {
@@ -445,10 +462,40 @@ impl Upgrader {
             },
         });
         drop(st);
+        if self.inner.options.fd_store {
+            self.store(name, fd.as_fd(), fresh);
+        }
         T::from_checked_fd(fd).map_err(|source| UpgradeError::Convert {
             name: name.into(),
             source,
         })
+    }
+
+    /// Keeps `fd` in systemd's fd store under `name` (see
+    /// [`Options::fd_store`]). A freshly bound socket first replaces
+    /// whatever is stored under the name (a socket of an earlier
+    /// configuration); storing the same socket twice keeps one copy.
+    /// Failures are logged: the socket serves regardless.
+    fn store(&self, name: &str, fd: std::os::fd::BorrowedFd<'_>, fresh: bool) {
+        let notifier = &self.inner.notifier;
+        if !notifier.is_enabled() {
+            return;
+        }
+        let removed = if fresh {
+            notifier.notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)])
+        } else {
+            Ok(())
+        };
+        let stored = removed.and_then(|()| {
+            notifier.notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], &[fd])
+        });
+        match stored {
+            Ok(()) => tracing::debug!(name, "socket kept in the service manager's fd store"),
+            Err(e) => tracing::warn!(
+                name, error = %e,
+                "could not keep the socket in the service manager's fd store; a crash would close it"
+            ),
+        }
     }
 
     /// Registers any descriptor (a file, an established connection, ...) to

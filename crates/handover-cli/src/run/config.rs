@@ -232,6 +232,8 @@ pub struct Config {
     pub watch_debounce: Duration,
     /// Keep serving this long after a stop request.
     pub stop_delay: Duration,
+    /// Under systemd, keep the sockets in the service's fd store.
+    pub fd_store: bool,
 }
 
 #[cfg(test)]

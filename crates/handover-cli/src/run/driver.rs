@@ -17,12 +17,14 @@ use handover::notify::{Notifier, State as SdState};
 
 use super::config::{Config, ReadyMode, SignalScope};
 use super::machine::{Action, Event, Machine, Mono, ProbeOutcome, ReplyId, Sd};
-use super::process;
+use super::process::{self, Pumps};
 use super::procfs;
 use super::reaper::Reaper;
+use super::reexec::Bookkeeping;
+use super::signals::SignalPipes;
 use super::sockets::Socket;
 use super::status;
-use crate::control::{Answer, Incoming, Request};
+use crate::control::{Answer, Clients, Incoming, Request};
 
 /// How often process groups of ending generations are checked for members,
 /// besides after every reaped child.
@@ -54,19 +56,26 @@ pub(super) struct Driver {
     pub(super) events: mpsc::UnboundedReceiver<Event>,
     pub(super) control: mpsc::Receiver<Incoming>,
     pub(super) started_unix_ms: u128,
-    replies: HashMap<ReplyId, (oneshot::Sender<Answer>, oneshot::Receiver<()>)>,
-    next_reply: u64,
+    pub(super) replies: HashMap<ReplyId, (oneshot::Sender<Answer>, oneshot::Receiver<()>)>,
     /// Answers sent while handling the current event: handover waits for
     /// them to be written before it exits.
     written: Vec<oneshot::Receiver<()>>,
     /// Running probes, by generation and probe index.
-    probes: HashMap<(u64, usize), JoinHandle<()>>,
+    pub(super) probes: HashMap<(u64, usize), JoinHandle<()>>,
     /// Where the listening sockets are, to count connections for `status`.
     listening: procfs::Listening,
     /// Open connections per generation, as last counted (for `status`).
     connections: Arc<std::sync::Mutex<Counts>>,
     /// Process groups of ending generations, by generation.
-    watched: HashMap<u64, u32>,
+    pub(super) watched: HashMap<u64, u32>,
+    /// Unanswered control clients (a re-exec carries them over).
+    pub(super) clients: Clients,
+    /// The generations' stderr pipes and their readers.
+    pub(super) pumps: Pumps,
+    /// The signal socket pairs (a re-exec takes what is in them first).
+    pub(super) signals: SignalPipes,
+    /// `handover reexec` (see `reexec.rs`).
+    pub(super) reexec: Bookkeeping,
 }
 
 fn unix_ms() -> u128 {
@@ -103,28 +112,95 @@ impl Driver {
             control,
             started_unix_ms: unix_ms(),
             replies: HashMap::new(),
-            next_reply: 0,
             written: Vec::new(),
             probes: HashMap::new(),
             listening,
             connections: Arc::default(),
             watched: HashMap::new(),
+            clients: Clients::starting_at(1),
+            pumps: Pumps::default(),
+            signals: SignalPipes::default(),
+            reexec: Bookkeeping::default(),
         }
     }
 
-    /// Runs `machine` from its first start to its exit.
-    pub(super) async fn run(mut self, mut machine: Machine) -> Result<(), String> {
-        let mut queue = VecDeque::from([Event::Start]);
-        loop {
-            while let Some(event) = queue.pop_front() {
-                let actions = machine.handle(Mono::now(), event);
-                for action in actions {
-                    if let Some(result) = self.execute(action, &mut queue) {
-                        self.finish().await;
-                        return result;
+    /// Starts readiness probe `index` (`mode`) of generation `id` (pid
+    /// `pid`); it runs until cancelled, reporting each run. Returns the
+    /// failure to report at once when it cannot run at all.
+    pub(super) fn start_probe(
+        &mut self,
+        id: u64,
+        pid: u32,
+        index: usize,
+        mode: ReadyMode,
+    ) -> Option<Event> {
+        let target = match &mode {
+            ReadyMode::Http { socket, .. } => {
+                match process::probe_target(&self.sockets, socket.as_deref()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        return Some(Event::ProbeResult {
+                            id,
+                            index,
+                            outcome: ProbeOutcome::Fail(e),
+                        });
                     }
                 }
-                self.written.clear();
+            }
+            _ => None,
+        };
+        let task = tokio::spawn(process::probe(
+            self.reaper.clone(),
+            id,
+            pid,
+            index,
+            mode,
+            target,
+            self.events_tx.clone(),
+        ));
+        if let Some(old) = self.probes.insert((id, index), task) {
+            old.abort();
+        }
+        None
+    }
+
+    /// Runs `machine` from its first start to its exit.
+    pub(super) async fn run(self, machine: Machine) -> Result<(), String> {
+        self.run_from(machine, VecDeque::from([Event::Start])).await
+    }
+
+    /// Handles every event in `queue` (and those their actions add); `Some`
+    /// when handover must exit.
+    pub(super) fn process(
+        &mut self,
+        machine: &mut Machine,
+        queue: &mut VecDeque<Event>,
+    ) -> Option<Result<(), String>> {
+        while let Some(event) = queue.pop_front() {
+            if let Event::StderrClosed { id } = &event {
+                self.pumps.closed(*id);
+            }
+            let actions = machine.handle(Mono::now(), event);
+            for action in actions {
+                if let Some(result) = self.execute(action, queue) {
+                    return Some(result);
+                }
+            }
+            self.written.clear();
+        }
+        None
+    }
+
+    /// Runs `machine`, starting with the events in `queue`, until it exits.
+    pub(super) async fn run_from(
+        mut self,
+        mut machine: Machine,
+        mut queue: VecDeque<Event>,
+    ) -> Result<(), String> {
+        loop {
+            if let Some(result) = self.process(&mut machine, &mut queue) {
+                self.finish().await;
+                return result;
             }
             self.check_groups(&mut queue);
             if !queue.is_empty() {
@@ -142,6 +218,12 @@ impl Driver {
                 Some(incoming) = self.control.recv() => self.control_request(&machine, incoming, &mut queue),
                 () = timer => queue.push_back(Event::Tick),
                 () = tokio::time::sleep(GROUP_POLL), if !self.watched.is_empty() => {}
+                Some(checked) = self.reexec.checked.recv() => {
+                    if let Some(result) = self.reexec_checked(&mut machine, checked, &mut queue) {
+                        self.finish().await;
+                        return result;
+                    }
+                }
             }
             while let Ok(event) = self.events.try_recv() {
                 queue.push_back(event);
@@ -159,24 +241,28 @@ impl Driver {
             request,
             reply,
             written,
+            client,
         } = incoming;
         if request == Request::Status {
             let connections = self.connections(machine);
-            let _ = reply.send(status::answer(
+            let mut answer = status::answer(
                 machine,
                 Mono::now(),
                 &self.config,
                 &self.sockets,
                 self.started_unix_ms,
                 &connections,
-            ));
+            );
+            self.status_extras(&mut answer);
+            self.clients.answered(client, &answer);
+            let _ = reply.send(answer);
             return;
         }
-        self.next_reply += 1;
-        let id = ReplyId(self.next_reply);
+        let id = ReplyId(client);
         self.replies.insert(id, (reply, written));
         queue.push_back(match request {
             Request::Reload => Event::Reload { reply: Some(id) },
+            Request::Reexec => return self.reexec_requested(machine, id),
             Request::Stop | Request::Status => Event::Stop { reply: id },
         });
     }
@@ -240,14 +326,18 @@ impl Driver {
                     &self.sockets,
                     &self.notify_env,
                     &self.reaper,
-                    &self.events_tx,
                 );
                 queue.push_front(match spawned {
-                    Ok(pid) => Event::Spawned {
-                        id,
-                        pid,
-                        unix_ms: unix_ms(),
-                    },
+                    Ok((pid, pipe)) => {
+                        if let Some(pipe) = pipe {
+                            self.pumps.start(id, pipe, &self.events_tx);
+                        }
+                        Event::Spawned {
+                            id,
+                            pid,
+                            unix_ms: unix_ms(),
+                        }
+                    }
                     Err(error) => Event::SpawnFailed { id, error },
                 });
             }
@@ -257,33 +347,8 @@ impl Driver {
                 index,
                 mode,
             } => {
-                let target = match &mode {
-                    ReadyMode::Http { socket, .. } => {
-                        match process::probe_target(&self.sockets, socket.as_deref()) {
-                            Ok(t) => Some(t),
-                            Err(e) => {
-                                queue.push_back(Event::ProbeResult {
-                                    id,
-                                    index,
-                                    outcome: ProbeOutcome::Fail(e),
-                                });
-                                return None;
-                            }
-                        }
-                    }
-                    _ => None,
-                };
-                let task = tokio::spawn(process::probe(
-                    self.reaper.clone(),
-                    id,
-                    pid,
-                    index,
-                    mode,
-                    target,
-                    self.events_tx.clone(),
-                ));
-                if let Some(old) = self.probes.insert((id, index), task) {
-                    old.abort();
+                if let Some(failed) = self.start_probe(id, pid, index, mode) {
+                    queue.push_back(failed);
                 }
             }
             Action::CancelProbe { id } => {
@@ -307,6 +372,7 @@ impl Driver {
             }
             Action::Reply { to, answer } => {
                 if let Some((reply, written)) = self.replies.remove(&to) {
+                    self.clients.answered(to.0, &answer);
                     let _ = reply.send(answer);
                     self.written.push(written);
                 }

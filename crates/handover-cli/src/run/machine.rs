@@ -897,6 +897,50 @@ impl Machine {
         modes.iter().enumerate().filter(|(_, m)| m.is_probe())
     }
 
+    /// The readiness probes that run now (started by an [`Action::Probe`],
+    /// not cancelled, not final): what an image of handover that takes over
+    /// this state after `handover reexec` starts again. A passed `exec:`
+    /// probe is final; an `http:` probe keeps running until the generation
+    /// is current.
+    pub fn probes_to_resume(&self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut add =
+            |id: u64, pid: u32, modes: &[ReadyMode], passing: Option<&BTreeSet<usize>>| {
+                for (index, mode) in Self::probes(modes) {
+                    // While settling, every probe has passed.
+                    let passed = passing.is_none_or(|p| p.contains(&index));
+                    if passed && matches!(mode, ReadyMode::Exec(_)) {
+                        continue;
+                    }
+                    out.push(Action::Probe {
+                        id,
+                        pid,
+                        index,
+                        mode: mode.clone(),
+                    });
+                }
+            };
+        let in_place = self
+            .in_place
+            .as_ref()
+            .filter(|ip| ip.failed.is_none() && ip.signalled.is_some());
+        for g in &self.gens {
+            let Some(pid) = g.pid else { continue };
+            match &g.state {
+                GenState::Starting { checks, .. } => {
+                    add(g.id, pid, &self.settings.ready, Some(&checks.passing))
+                }
+                GenState::Settling { .. } => add(g.id, pid, &self.settings.ready, None),
+                _ => {}
+            }
+            if let Some(ip) = in_place.filter(|ip| ip.id == g.id) {
+                let passing = ip.settle_until.is_none().then_some(&ip.checks.passing);
+                add(g.id, pid, &self.settings.reload_ready, passing);
+            }
+        }
+        out
+    }
+
     fn has_probes(&self) -> bool {
         self.settings.ready.iter().any(ReadyMode::is_probe)
     }

@@ -22,7 +22,8 @@
 //! | `procfs` | which process holds a connection (`/proc`, `sock_diag`): http: probes, connection counts |
 //! | `signals` | signals as events, one per delivery |
 //! | `status` | the `status` answer |
-//! | `sockets`, `config` | the listening sockets; the options |
+//! | `sockets`, `config` | the listening sockets (and systemd's fd store); the options |
+//! | `reexec` | `handover reexec`: the state handed to a re-executed image, the check mode, the exec, the takeover |
 //!
 //! # The state machine
 //!
@@ -120,10 +121,12 @@ mod machine;
 mod process;
 mod procfs;
 mod reaper;
+pub mod reexec;
 mod signals;
 mod sockets;
 mod status;
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,9 +183,19 @@ fn socket_dir(control_path: &Path) -> Result<PathBuf, String> {
 /// Runs the supervisor until it is stopped. Must run on a current-thread
 /// runtime on the main thread. `inherited` are the fds from the service
 /// manager, received with [`ListenFds::from_env`] before anything else
-/// opened a descriptor (see [`receive_inherited`]).
-pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
-    let sockets = sockets::open_sockets(&config, inherited)?;
+/// opened a descriptor (see [`receive_inherited`]); `kept` those an earlier
+/// image of handover kept across `handover reexec` (then handover takes
+/// over its state instead of starting afresh).
+pub async fn run(
+    config: Config,
+    inherited: ListenFds,
+    kept: handover::reexec::Kept,
+) -> Result<(), String> {
+    if !kept.is_empty() {
+        return reexec::resume(config, kept, inherited).await;
+    }
+    let systemd = Notifier::from_env().map_err(|e| e.to_string())?;
+    let sockets = sockets::open_sockets(&config, inherited, &systemd)?;
     // An http: probe needs a stream socket to connect to: checked now, not
     // at the first reload.
     for mode in config.ready.iter().chain(&config.reload_ready) {
@@ -193,22 +206,27 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     let dir = socket_dir(&config.control)?;
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
-    let notify = NotifySocket::bind(&notify_path)
-        .map_err(|e| {
-            format!(
-                "{e}; the notify socket goes next to the control socket: give --control a \
+    let notify = NotifySocket::bind(&notify_path).map_err(|e| {
+        format!(
+            "{e}; the notify socket goes next to the control socket: give --control a \
                  shorter path, or one in a directory this user can write to"
-            )
-        })?
-        .into_async()
-        .map_err(|e| e.to_string())?;
+        )
+    })?;
+    let notify_fd = notify
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("notify socket: {e}"))?;
+    let notify = notify.into_async().map_err(|e| e.to_string())?;
     let control_listener = control::bind(&config.control)?;
+    let control_fd = control_listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("control socket: {e}"))?;
     let _control_file = RemoveOnDrop(config.control.clone());
     if let Some(p) = &config.pid_file {
         write_pid_file(p)?;
     }
     let _pid_file = config.pid_file.clone().map(RemoveOnDrop);
-    let systemd = Notifier::from_env().map_err(|e| e.to_string())?;
     // Processes a generation leaves behind come to handover, which reaps
     // them and stops them with their group.
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
@@ -220,7 +238,9 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     // handled signals are events.
     let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         .map_err(|e| format!("installing the SIGCHLD handler: {e}"))?;
-    signals::install(&events_tx)?;
+    let signal_pipes = signals::install(&events_tx)?;
+    // In case whoever started handover left them blocked.
+    let _ = handover::reexec::release_signals(&signals::HANDLED);
     let reaper = Arc::new(reaper::Reaper::new(events_tx.clone()));
     {
         let reaper = reaper.clone();
@@ -230,7 +250,12 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     tokio::spawn(listen_notify(notify, events_tx.clone()));
     // Served from the start: status and stop work during the first start.
     let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
-    tokio::spawn(control::serve(control_listener, ctrl_tx));
+    let clients = control::Clients::starting_at(1);
+    tokio::spawn(control::serve_clients(
+        control_listener,
+        ctrl_tx,
+        clients.clone(),
+    ));
 
     // --watch: a change is a reload, as SIGHUP is.
     let watch_events = events_tx.clone();
@@ -239,11 +264,14 @@ pub async fn run(config: Config, inherited: ListenFds) -> Result<(), String> {
     })?;
 
     let machine = Machine::new(settings(&config));
-    driver::Driver::new(
+    let mut driver = driver::Driver::new(
         config, sockets, notify_env, systemd, reaper, events_tx, events_rx, ctrl_rx,
-    )
-    .run(machine)
-    .await
+    );
+    driver.clients = clients;
+    driver.signals = signal_pipes;
+    driver.reexec.control_fd = Some(control_fd);
+    driver.reexec.notify_fd = Some(notify_fd);
+    driver.run(machine).await
 }
 
 /// Hears NOTIFY_SOCKET messages; the machine credits them to the generation

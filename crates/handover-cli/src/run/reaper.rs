@@ -70,6 +70,28 @@ impl Reaper {
         Ok((pid, child))
     }
 
+    /// Registers `pid`, a child this process already has (a generation a
+    /// re-executed image takes over), as a generation's main process. Call
+    /// it before the reaper first runs: a child that exited during the exec
+    /// is a zombie until then, and its status must reach the machine.
+    pub(super) fn adopt(&self, pid: u32) {
+        self.lock().insert(pid, Waiter::Generation);
+    }
+
+    /// Kills the process group of every readiness probe that runs (before a
+    /// re-exec: the probes' tasks do not survive it, and the new image runs
+    /// them again).
+    pub(super) fn kill_probes(&self) {
+        let waiters = self.lock();
+        for (&pid, w) in waiters.iter() {
+            if matches!(w, Waiter::Probe(_))
+                && let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
     /// Spawns `cmd` for `waiter` (see [`Reaper::spawn`]).
     pub(super) fn spawn_command(
         &self,

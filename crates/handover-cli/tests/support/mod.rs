@@ -56,6 +56,9 @@ pub struct Setup {
     pub program: Option<Vec<String>>,
     /// Environment for handover (and so its generations).
     pub env: Vec<(String, String)>,
+    /// The handover binary to run (default: the one under test), for
+    /// tests that replace it while it runs.
+    pub binary: Option<PathBuf>,
 }
 
 /// Writes the Python server and its mode wrapper into `dir`; returns the
@@ -89,7 +92,7 @@ impl Handover {
         let program = setup
             .program
             .unwrap_or_else(|| vec![write_server(dir.path()).display().to_string()]);
-        let mut cmd = Command::new(handover_bin());
+        let mut cmd = Command::new(setup.binary.as_deref().unwrap_or(handover_bin().as_ref()));
         cmd.arg("run")
             .args(["--bind", "http=tcp://127.0.0.1:0", "--control"])
             .arg(&control)

@@ -10,8 +10,13 @@
 //! - reading a peer's credentials where the pid may be 0 ([`peer_cred`],
 //!   [`recv_with_creds`]), which rustix's typed calls reject;
 //! - removing variables from the process environment (sound only while the
-//!   process has a single thread).
+//!   process has a single thread);
+//! - re-executing this process in place with chosen descriptors kept and
+//!   signals held ([`inplace`]).
 
+/// In-place `execve`, descriptor flags by number and signal masks, for
+/// [`crate::reexec`].
+pub(crate) mod inplace;
 mod raw;
 pub(crate) mod spawn;
 
@@ -28,6 +33,8 @@ pub(crate) enum AdoptError {
     AlreadyAdopted,
     /// This descriptor is not open (nothing was adopted).
     NotOpen(RawFd),
+    /// This descriptor is listed twice (nothing was adopted).
+    Duplicate(RawFd),
     /// Checking a descriptor failed (nothing was adopted).
     Io(io::Error),
 }
@@ -54,6 +61,40 @@ pub(crate) fn adopt_inherited_fds(first: RawFd, count: usize) -> Result<Vec<Owne
         // SAFETY: `fd` is open, and the protocol hands it to this process;
         // ADOPTED makes this the only place that ever takes it.
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect())
+}
+
+static KEPT_ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of the descriptors `fds` that the image of this process
+/// before an in-place `execve` kept open for it ([`crate::reexec`]), once per
+/// process.
+///
+/// Every descriptor is checked to be open, and the list to have no number
+/// twice, before any is adopted, so on an error nothing is taken. Only the
+/// first call that gets this far adopts anything. The caller makes sure the
+/// numbers lie outside the `LISTEN_FDS` range, which
+/// [`adopt_inherited_fds`] takes.
+pub(crate) fn adopt_kept_fds(fds: &[RawFd]) -> Result<Vec<OwnedFd>, AdoptError> {
+    let mut sorted = fds.to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(AdoptError::Duplicate(w[0]));
+    }
+    for &fd in fds {
+        if !fd_is_open(fd).map_err(AdoptError::Io)? {
+            return Err(AdoptError::NotOpen(fd));
+        }
+    }
+    if KEPT_ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(AdoptError::AlreadyAdopted);
+    }
+    Ok(fds
+        .iter()
+        // SAFETY: `fd` is open and listed once; the previous image kept it
+        // for this process, outside the range `adopt_inherited_fds` takes;
+        // KEPT_ADOPTED makes this the only place that ever takes it.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect())
 }
 
