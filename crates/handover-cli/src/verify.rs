@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use handover_verify::{LoadConfig, Mode, Trigger, VerifyConfig};
+use handover_verify::{ClientTls, LoadConfig, Mode, Protocol, Trigger, VerifyConfig};
 
 use crate::{control, duration};
 
@@ -72,6 +72,39 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+
+    /// Speak HTTP/2: with prior knowledge (h2c) on plain TCP, ALPN h2 with
+    /// --tls. A GOAWAY is not a failure (the client reconnects); a stream
+    /// refused, reset or cut is.
+    #[arg(long, conflicts_with = "grpc")]
+    http2: bool,
+
+    /// Speak gRPC over HTTP/2: unary grpc.health.v1.Health/Check calls that
+    /// must end with grpc-status 0 (the pid comes from a `pid` header).
+    #[arg(long)]
+    grpc: bool,
+
+    /// Concurrent streams per connection (--http2, --grpc).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    streams: usize,
+
+    /// Connect with TLS (ALPN h2 with --http2/--grpc, http/1.1 otherwise);
+    /// needs --insecure or --ca-file.
+    #[arg(long)]
+    tls: bool,
+
+    /// With --tls: accept any certificate (a self-signed one).
+    #[arg(long, requires = "tls")]
+    insecure: bool,
+
+    /// With --tls: trust the certificates in this PEM file.
+    #[arg(long, value_name = "PATH", requires = "tls", conflicts_with = "insecure")]
+    ca_file: Option<PathBuf>,
+
+    /// With --tls: the server name sent (SNI) and checked in the certificate
+    /// (default: the address's IP).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -131,6 +164,34 @@ fn run(args: &VerifyArgs) -> Result<bool, String> {
     load.connections = args.connections;
     load.path = args.path.clone();
     load.request_timeout = args.request_timeout;
+    load.protocol = if args.grpc {
+        Protocol::Grpc
+    } else if args.http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    if args.streams != 1 && load.protocol == Protocol::Http1 {
+        return Err(format!(
+            "--streams {} needs --http2 or --grpc (HTTP/1.1 carries one request at a time per \
+             connection; use --connections for more)",
+            args.streams
+        ));
+    }
+    load.streams = args.streams;
+    if args.tls {
+        let mut tls = match &args.ca_file {
+            Some(ca) => ClientTls::with_ca_file(ca),
+            None if args.insecure => ClientTls::insecure(),
+            None => {
+                return Err("--tls needs a way to trust the server: --ca-file PATH, or \
+                            --insecure for a self-signed certificate"
+                    .into());
+            }
+        };
+        tls.server_name = args.server_name.clone();
+        load.tls = Some(tls);
+    }
     let mut cfg = VerifyConfig::new(load, args.duration);
     let trigger = trigger(args)?;
     match (args.reload_every, trigger) {

@@ -54,14 +54,17 @@
 //! ```
 #![deny(missing_docs)]
 
+mod h2;
 mod histogram;
 pub mod http;
 mod load;
 mod report;
+mod tls;
 mod verify;
 
 pub use histogram::Latency;
-pub use load::{Load, LoadConfig, Mode};
+pub use load::{Load, LoadConfig, Mode, Protocol};
+pub use tls::ClientTls;
 pub use report::{FailureKind, FailureSample, ReloadRecord, Report};
 pub use verify::{Trigger, VerifyConfig, stderr_is_terminal, verify};
 

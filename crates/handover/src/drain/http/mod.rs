@@ -99,6 +99,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Drain, Listener, is_closed_error};
 
 mod conn;
+mod goaway;
 mod sniff;
 #[cfg(feature = "tower")]
 mod tower;
@@ -138,6 +139,19 @@ pub struct HttpOptions {
     /// clients that start with its preface (h2c with prior knowledge, and
     /// h2 over TLS). When false they serve HTTP/1.x only. Default: true.
     pub http2: bool,
+    /// HTTP/2: once the client has acknowledged the first GOAWAY's PING,
+    /// how much longer the server waits before the second GOAWAY, which
+    /// fixes the last stream it serves. Default: 1 s.
+    ///
+    /// One round trip (the PING) is what RFC 9113 asks for, but the common
+    /// client libraries (`h2`, nghttp2) send the PING acknowledgement before
+    /// the requests they had queued, so a few streams opened just before
+    /// the client saw the first GOAWAY would arrive after it and be dropped
+    /// (a client may retry them, but many count them as errors). The
+    /// acknowledgement is held back this long while the frames after it are
+    /// read; Envoy's `drain_timeout` (default 5 s) is the same wait. It only
+    /// delays the end of a draining connection, never a response.
+    pub http2_goaway_delay: Duration,
     /// Whether [`serve`] sets `TCP_NODELAY` on accepted TCP connections, as
     /// HTTP servers usually do (responses are written whole). Default: true.
     pub tcp_nodelay: bool,
@@ -154,6 +168,7 @@ impl Default for HttpOptions {
             idle_grace: Duration::from_secs(2),
             header_read_timeout: Some(Duration::from_secs(30)),
             http2: true,
+            http2_goaway_delay: Duration::from_secs(1),
             tcp_nodelay: true,
             #[cfg(feature = "tls")]
             tls: None,
@@ -177,6 +192,12 @@ impl HttpOptions {
     /// Sets [`http2`](HttpOptions::http2).
     pub fn with_http2(mut self, http2: bool) -> Self {
         self.http2 = http2;
+        self
+    }
+
+    /// Sets [`http2_goaway_delay`](HttpOptions::http2_goaway_delay).
+    pub fn with_http2_goaway_delay(mut self, delay: Duration) -> Self {
+        self.http2_goaway_delay = delay;
         self
     }
 
@@ -324,9 +345,10 @@ where
     } else {
         (Protocol::Http1, sniff::Prefix::empty())
     };
-    let io = TokioIo::new(Rewind::new(prefix, io));
+    let io = Rewind::new(prefix, io);
     match protocol {
         Protocol::Http1 => {
+            let io = TokioIo::new(io);
             let service = DrainService::new(service, state.clone(), Proto::Http1Upgrades);
             let conn = http1_builder(options)
                 .serve_connection(io, service)
@@ -336,6 +358,11 @@ where
                 .map_err(ConnectionError::Http)
         }
         Protocol::Http2 => {
+            let io = TokioIo::new(goaway::HoldPingAck::new(
+                io,
+                state.clone(),
+                options.http2_goaway_delay,
+            ));
             let service = DrainService::new(service, state.clone(), Proto::Http2);
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
