@@ -166,9 +166,10 @@ pub struct ClientReport {
     pub pids: Vec<(u32, u64)>,
 }
 
-/// Sends `count` numbered messages to `ws://addr/ws`, at most `window`
-/// unanswered at a time; on the server's close frame, reconnects and sends
-/// the unanswered ones again.
+/// Sends `count` numbered messages to `ws://addr/ws` (fewer if `stop` is
+/// set meanwhile: then it stops sending and waits for the echoes still due),
+/// at most `window` unanswered at a time; on the server's close frame,
+/// reconnects and sends the unanswered ones again.
 ///
 /// # Errors
 ///
@@ -180,12 +181,14 @@ pub async fn client(
     count: u64,
     window: usize,
     timeout: Duration,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<ClientReport, String> {
+    use std::sync::atomic::Ordering::Relaxed;
     let url = format!("ws://{addr}/ws");
     let mut report = ClientReport::default();
     let mut next = 0u64;
     let mut unanswered: VecDeque<u64> = VecDeque::new();
-    while report.echoed < count {
+    while report.echoed < next || (next < count && !stop.load(Relaxed)) {
         let (mut ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(&url))
             .await
             .map_err(|_| format!("no WebSocket connection to {url} within {timeout:?}"))?
@@ -198,7 +201,7 @@ pub async fn client(
             report.resent += 1;
         }
         loop {
-            while unanswered.len() < window && next < count {
+            while unanswered.len() < window && next < count && !stop.load(Relaxed) {
                 ws.send(Message::text(next.to_string()))
                     .await
                     .map_err(|e| format!("sending {next}: {e}"))?;
@@ -357,7 +360,8 @@ fn main() {
         let addr = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:8090".into());
         let count = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
         let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        match rt.block_on(client(&addr, count, 4, Duration::from_secs(10))) {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        match rt.block_on(client(&addr, count, 4, Duration::from_secs(10), &stop)) {
             Ok(r) => println!(
                 "{} messages echoed exactly once over {} connection(s), {} sent again; pids {:?}",
                 r.echoed, r.connections, r.resent, r.pids
