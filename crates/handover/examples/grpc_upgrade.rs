@@ -336,7 +336,11 @@ pub async fn client(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
             tonic_prost::ProstCodec::default(),
         )
         .await?;
-    println!("Get: pid={} seq={}", reply.get_ref().pid, reply.get_ref().seq);
+    println!(
+        "Get: pid={} seq={}",
+        reply.get_ref().pid,
+        reply.get_ref().seq
+    );
     grpc.ready().await?;
     let mut stream = grpc
         .server_streaming(
@@ -368,7 +372,10 @@ fn main() {
         .init();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("client") {
-        let addr = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:50051".into());
+        let addr = args
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:50051".into());
         let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
         if let Err(e) = rt.block_on(client(&addr)) {
             eprintln!("grpc_upgrade client: {e}");

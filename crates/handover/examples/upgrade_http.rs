@@ -205,7 +205,8 @@ fn tls_acceptor(
     if let Some((cert, key)) = files {
         return Ok(TlsAcceptor::from_pem_files(cert, key)?);
     }
-    let made = rcgen::generate_simple_self_signed(["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let made =
+        rcgen::generate_simple_self_signed(["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     Ok(TlsAcceptor::from_pem(
         made.cert.pem().as_bytes(),
         made.signing_key.serialize_pem().as_bytes(),

@@ -238,7 +238,9 @@ pub async fn client(
                     break;
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(format!("connection failed without a close frame: {e}")),
+                Some(Err(e)) => {
+                    return Err(format!("connection failed without a close frame: {e}"));
+                }
                 None => return Err("connection ended without a close frame".to_owned()),
             }
         }
@@ -249,7 +251,11 @@ pub async fn client(
 fn parse_echo(t: &str) -> Result<(u32, u64), String> {
     let bad = || format!("unexpected echo {t:?} (expected `pid=P N`)");
     let (pid, seq) = t.split_once(' ').ok_or_else(bad)?;
-    let pid = pid.strip_prefix("pid=").ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let pid = pid
+        .strip_prefix("pid=")
+        .ok_or_else(bad)?
+        .parse()
+        .map_err(|_| bad())?;
     Ok((pid, seq.parse().map_err(|_| bad())?))
 }
 
@@ -357,7 +363,10 @@ fn main() {
         .init();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("client") {
-        let addr = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:8090".into());
+        let addr = args
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:8090".into());
         let count = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
         let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
         let stop = std::sync::atomic::AtomicBool::new(false);

@@ -143,20 +143,26 @@ async fn h2_get(send: &mut H2, path: &str) -> Result<String, hyper::Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_in_flight_finish_and_the_next_ones_go_to_the_successor() {
-    let mut pair = Pair::new(HttpOptions::default().with_http2_goaway_delay(Duration::from_millis(50)));
+    let mut pair =
+        Pair::new(HttpOptions::default().with_http2_goaway_delay(Duration::from_millis(50)));
     let send = h2_connect(pair.addr).await;
     // 20 slow streams in flight on one connection.
     let mut slow = Vec::new();
     for _ in 0..20 {
         let mut send = send.clone();
-        slow.push(tokio::spawn(async move { h2_get(&mut send, "/slow").await }));
+        slow.push(tokio::spawn(
+            async move { h2_get(&mut send, "/slow").await },
+        ));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pair.old.active(), 1);
     pair.hand_over();
     for s in slow {
         let body = timeout(DEADLINE, s).await.unwrap().unwrap().unwrap();
-        assert_eq!(body, "pid=1\n", "a stream in flight is finished by the old server");
+        assert_eq!(
+            body, "pid=1\n",
+            "a stream in flight is finished by the old server"
+        );
     }
     // The GOAWAY closed the connection once its streams were done, and the
     // old server's drain is empty.
@@ -196,7 +202,10 @@ fn http2_load_across_hand_overs(rounds: usize, options: HttpOptions, tls: bool) 
         assert!(load.wait_for_ok(500, DEADLINE), "no load got through");
         rt.block_on(async { pair.hand_over() });
         let seen = load.pids_seen();
-        assert!(load.wait_for_new_pid(&seen, DEADLINE).is_some(), "the successor never answered");
+        assert!(
+            load.wait_for_new_pid(&seen, DEADLINE).is_some(),
+            "the successor never answered"
+        );
         let ok = load.snapshot().ok;
         assert!(load.wait_for_ok(ok + 500, DEADLINE));
         let report = load.stop();
@@ -204,7 +213,8 @@ fn http2_load_across_hand_overs(rounds: usize, options: HttpOptions, tls: bool) 
         if report.failures_total() > 0 {
             failed.push(format!("round {round}:\n{}", report.render_table()));
         }
-        rt.block_on(async { pair.old.wait_async(DEADLINE).await }).unwrap();
+        rt.block_on(async { pair.old.wait_async(DEADLINE).await })
+            .unwrap();
     }
     failed
 }
@@ -246,7 +256,8 @@ fn tls_http1_keep_alive_load_loses_nothing_across_a_hand_over() {
     let report = load.stop();
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
     assert!(report.server_closes >= 8, "{}", report.render_table());
-    rt.block_on(async { pair.old.wait_async(DEADLINE).await }).unwrap();
+    rt.block_on(async { pair.old.wait_async(DEADLINE).await })
+        .unwrap();
 }
 
 fn self_signed() -> TlsAcceptor {
@@ -273,12 +284,20 @@ async fn a_silent_connection_is_closed_after_the_grace_one_that_speaks_in_time_i
     let closed_at = Instant::now();
     pair.hand_over();
     tokio::time::sleep(grace / 2).await;
-    h1.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
-    timeout(DEADLINE, h1.read_to_end(&mut answer)).await.unwrap().unwrap();
+    timeout(DEADLINE, h1.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     assert!(answer.ends_with("pid=1\n"), "{answer}");
     // HTTP/2 whose preface comes during the grace: served, then GOAWAY.
     let (mut send, conn) =
@@ -289,7 +308,10 @@ async fn a_silent_connection_is_closed_after_the_grace_one_that_speaks_in_time_i
     assert_eq!(h2_get(&mut send, "/").await.unwrap(), "pid=1\n");
     // The silent one: closed, but not before the grace.
     let mut byte = [0u8; 1];
-    let n = timeout(DEADLINE, silent.read(&mut byte)).await.unwrap().unwrap();
+    let n = timeout(DEADLINE, silent.read(&mut byte))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(n, 0, "closed without a byte");
     assert!(
         closed_at.elapsed() >= grace,
@@ -323,7 +345,10 @@ async fn upgraded_connections_stay_tracked_and_learn_that_the_drain_began() {
     // Still counted after the grace: it is not an idle HTTP connection.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut rest = Vec::new();
-    timeout(DEADLINE, ws.read_to_end(&mut rest)).await.unwrap().unwrap();
+    timeout(DEADLINE, ws.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&rest), "bye\n");
     timeout(DEADLINE, pair.old.wait_async(DEADLINE))
         .await
@@ -342,7 +367,10 @@ async fn an_upgrade_answered_while_draining_keeps_its_connection_upgrade() {
         .await
         .unwrap();
     let mut all = Vec::new();
-    timeout(DEADLINE, ws.read_to_end(&mut all)).await.unwrap().unwrap();
+    timeout(DEADLINE, ws.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
     let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
     assert!(all.starts_with("http/1.1 101"), "{all}");
     assert!(all.contains("connection: upgrade"), "{all}");
@@ -362,9 +390,10 @@ async fn an_axum_router_is_served_over_http1_and_http2_until_the_drain_closes() 
         &drain,
     );
     let addr = listener.get_ref().local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        serve(&listener, http::tower(app), &HttpOptions::default()).await
-    });
+    let server =
+        tokio::spawn(
+            async move { serve(&listener, http::tower(app), &HttpOptions::default()).await },
+        );
     let mut send = h2_connect(addr).await;
     let expected = format!("pid={}\n", std::process::id());
     assert_eq!(h2_get(&mut send, "/").await.unwrap(), expected);
@@ -373,9 +402,142 @@ async fn an_axum_router_is_served_over_http1_and_http2_until_the_drain_closes() 
         .await
         .unwrap();
     let mut answer = Vec::new();
-    timeout(DEADLINE, h1.read_to_end(&mut answer)).await.unwrap().unwrap();
+    timeout(DEADLINE, h1.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&answer).ends_with(&expected));
     drain.close();
     timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
-    timeout(DEADLINE, drain.wait_async(DEADLINE)).await.unwrap().unwrap();
+    timeout(DEADLINE, drain.wait_async(DEADLINE))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A hand-written HTTP/2 client, to put frames on the wire in the order
+/// `h2` and nghttp2 do under load: at a graceful GOAWAY, the PING
+/// acknowledgement first, then the HEADERS of a stream the client had
+/// queued before it saw the GOAWAY, in one write.
+struct RawH2 {
+    stream: TcpStream,
+}
+
+/// A request for `/` on stream `id` (HPACK: static entries, a literal
+/// authority without indexing), END_STREAM | END_HEADERS.
+fn headers_frame(id: u32) -> Vec<u8> {
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+    let mut f = vec![0, 0, block.len() as u8, 0x1, 0x5];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&block);
+    f
+}
+
+impl RawH2 {
+    async fn connect(addr: SocketAddr) -> RawH2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        // Empty SETTINGS.
+        stream
+            .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        RawH2 { stream }
+    }
+
+    /// The next frame: (type, flags, stream id, payload). SETTINGS are
+    /// acknowledged on the way.
+    async fn frame(&mut self) -> (u8, u8, u32, Vec<u8>) {
+        loop {
+            let mut h = [0u8; 9];
+            if let Err(e) = timeout(DEADLINE, self.stream.read_exact(&mut h))
+                .await
+                .unwrap()
+            {
+                panic!("the server closed the connection ({e}) where a frame was expected");
+            }
+            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            let id = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+            let mut payload = vec![0u8; len];
+            timeout(DEADLINE, self.stream.read_exact(&mut payload))
+                .await
+                .unwrap()
+                .unwrap();
+            if h[3] == 0x4 && h[4] & 1 == 0 {
+                self.stream
+                    .write_all(&[0, 0, 0, 0x4, 0x1, 0, 0, 0, 0])
+                    .await
+                    .unwrap();
+                continue;
+            }
+            return (h[3], h[4], id, payload);
+        }
+    }
+
+    /// Reads until stream `id` ends; returns its DATA.
+    async fn response(&mut self, id: u32, seen: &mut Vec<(u8, u8, u32, Vec<u8>)>) -> String {
+        let mut data = Vec::new();
+        loop {
+            let f = self.frame().await;
+            let ends = f.2 == id && f.1 & 0x1 != 0 && (f.0 == 0x0 || f.0 == 0x1);
+            if f.0 == 0x0 && f.2 == id {
+                data.extend_from_slice(&f.3);
+            }
+            seen.push(f);
+            if ends {
+                return String::from_utf8_lossy(&data).into_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_a_stream_sent_right_after_the_ping_ack_is_still_served() {
+    let mut pair =
+        Pair::new(HttpOptions::default().with_http2_goaway_delay(Duration::from_millis(200)));
+    let mut c = RawH2::connect(pair.addr).await;
+    c.stream.write_all(&headers_frame(1)).await.unwrap();
+    let mut seen = Vec::new();
+    assert_eq!(c.response(1, &mut seen).await, "pid=1\n");
+    pair.hand_over();
+    // The first GOAWAY (last stream id 2^31-1), then its PING.
+    let ping = loop {
+        let (kind, flags, _, payload) = c.frame().await;
+        if kind == 0x7 {
+            assert_eq!(
+                payload[..4],
+                [0x7f, 0xff, 0xff, 0xff],
+                "first GOAWAY: highest id"
+            );
+        }
+        if kind == 0x6 && flags & 1 == 0 {
+            break payload;
+        }
+    };
+    // The acknowledgement, then stream 3, queued before the GOAWAY was read.
+    let mut burst = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+    burst.extend_from_slice(&ping);
+    burst.extend_from_slice(&headers_frame(3));
+    c.stream.write_all(&burst).await.unwrap();
+    let mut seen = Vec::new();
+    let body = timeout(Duration::from_secs(5), c.response(3, &mut seen))
+        .await
+        .unwrap_or_else(|_| panic!("no answer on stream 3; frames: {seen:?}"));
+    assert_eq!(body, "pid=1\n", "stream 3 is served by the old server");
+    // The second GOAWAY counts stream 3.
+    let goaway_last = |f: &(u8, u8, u32, Vec<u8>)| {
+        (f.0 == 0x7).then(|| u32::from_be_bytes([f.3[0] & 0x7f, f.3[1], f.3[2], f.3[3]]))
+    };
+    let last = match seen.iter().find_map(goaway_last) {
+        Some(last) => last,
+        None => loop {
+            if let Some(last) = goaway_last(&c.frame().await) {
+                break last;
+            }
+        },
+    };
+    assert_eq!(last, 3, "the second GOAWAY's last stream id");
 }

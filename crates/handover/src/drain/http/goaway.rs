@@ -99,7 +99,9 @@ impl Frames {
     }
 
     fn length(&self) -> usize {
-        usize::from(self.header[0]) << 16 | usize::from(self.header[1]) << 8 | usize::from(self.header[2])
+        usize::from(self.header[0]) << 16
+            | usize::from(self.header[1]) << 8
+            | usize::from(self.header[2])
     }
 
     fn is_ping_ack(&self) -> bool {
