@@ -294,7 +294,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     rt.block_on(async move {
         let drain = Drain::new();
-        let listener: tokio::net::TcpListener = upgrader.listen("grpc", &args.listen)?;
+        let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);
         let signals = upgrader.signals()?;
         upgrader.ready()?;
