@@ -196,3 +196,99 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::Drain;
+    use proptest::prelude::*;
+
+    /// Gives `chunks` one per read.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if let Some(mut chunk) = this.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    chunk.drain(..n);
+                    this.0.push_front(chunk);
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn input_strategy() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            // The preface, whole or cut, then anything.
+            (0..=PREFACE.len(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(
+                |(n, rest)| {
+                    let mut v = PREFACE[..n].to_vec();
+                    v.extend_from_slice(&rest);
+                    v
+                }
+            ),
+            proptest::collection::vec(any::<u8>(), 0..100),
+            Just(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        /// However the first bytes are cut into reads: HTTP/2 exactly when
+        /// they start with the preface, HTTP/1.x when they differ from it,
+        /// nothing when the client closes before either is clear; and hyper
+        /// then reads every byte, in order.
+        #[test]
+        fn sniffing_decides_on_the_preface_and_gives_every_byte_back(
+            input in input_strategy(),
+            cuts in proptest::collection::vec(1usize..30, 1..50),
+        ) {
+            let mut chunks = std::collections::VecDeque::new();
+            let mut rest = &input[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                chunks.push_back(rest[..n].to_vec());
+                rest = &rest[n..];
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let drain = Drain::new();
+            let state = ConnState::new(&drain);
+            let result = rt.block_on(async {
+                let mut io = Chunks(chunks);
+                match sniff(&mut io, &state, Duration::from_secs(1), None).await {
+                    Ok((protocol, prefix)) => {
+                        let mut all = Vec::new();
+                        let mut rewind = Rewind::new(prefix, io);
+                        tokio::io::AsyncReadExt::read_to_end(&mut rewind, &mut all).await.unwrap();
+                        Some((protocol, all))
+                    }
+                    Err(NoRequest::Closed) => None,
+                    Err(NoRequest::Io(e)) => panic!("{e}"),
+                }
+            });
+            let is_prefix_of_preface = input.len() < PREFACE.len() && PREFACE.starts_with(&input);
+            match result {
+                None => prop_assert!(is_prefix_of_preface, "closed on {:?}", input),
+                Some((protocol, all)) => {
+                    prop_assert!(!is_prefix_of_preface);
+                    let h2 = input.starts_with(PREFACE);
+                    prop_assert_eq!(protocol, if h2 { Protocol::Http2 } else { Protocol::Http1 });
+                    prop_assert_eq!(all, input);
+                }
+            }
+        }
+    }
+}
