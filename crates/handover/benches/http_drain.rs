@@ -1,0 +1,374 @@
+//! Throughput of `drain::http::serve` against the raw hyper server it wraps,
+//! side by side: HTTP/2 (h2c), h2 over TLS, HTTP/1.1 over TLS, and plain
+//! HTTP/1.1 keep-alive.
+//!
+//! ```text
+//! cargo bench -p handover --bench http_drain
+//! ```
+//!
+//! One process: the servers on a tokio runtime of their own (1 worker
+//! thread), the clients on another (1 worker thread), on 127.0.0.1. The raw
+//! server is what a hyper user writes: a `tokio::net::TcpListener` accept
+//! loop, `hyper::server::conn::http2` (or `http1`) on each connection, and
+//! for TLS `tokio_rustls` with the same rustls configuration first, the
+//! hyper builder chosen by ALPN. The drained one is `drain::http::serve` on
+//! a drain `Listener` (tracked connections, HTTP/1.1 and HTTP/2 told apart by
+//! the preface, the drain hooks on every connection and request), the same
+//! service. Each workload runs for a fixed time per round; the rounds
+//! alternate the order of the two servers; the ratio drain/raw of each
+//! round and their median are printed (a single round on a shared 2-core
+//! machine varies by 10% or more). Without `--bench` (as `cargo test
+//! --benches` runs it), one short round as a smoke test.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use handover::drain::http::{HttpOptions, serve};
+use handover::drain::tls::TlsAcceptor;
+use handover::drain::{Drain, Listener};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Server {
+    Raw,
+    Drain,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Workload {
+    H2c,
+    H2Tls,
+    H1Tls,
+    H1,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::H2c => "h2c, 4 conns x 16 streams",
+            Workload::H2Tls => "h2 over TLS, 4 x 16",
+            Workload::H1Tls => "HTTP/1.1 over TLS, 16 conns",
+            Workload::H1 => "HTTP/1.1 keep-alive, 16",
+        }
+    }
+    fn tls(self) -> bool {
+        matches!(self, Workload::H2Tls | Workload::H1Tls)
+    }
+    fn h2(self) -> bool {
+        matches!(self, Workload::H2c | Workload::H2Tls)
+    }
+}
+
+async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello, world\n"))))
+}
+
+struct Tls {
+    acceptor: TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+fn tls() -> Tls {
+    let made = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+    let acceptor = TlsAcceptor::from_pem(
+        made.cert.pem().as_bytes(),
+        made.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Tls {
+        acceptor,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+    }
+}
+
+/// Starts `kind` for `workload` on a fresh port, on `rt`; the returned
+/// closure stops it.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    kind: Server,
+    workload: Workload,
+    tls: &Tls,
+) -> (SocketAddr, Box<dyn FnOnce()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.acceptor.clone();
+    let _guard = rt.enter();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    match kind {
+        Server::Raw => {
+            let task = rt.spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if workload.tls() {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            raw_serve(TokioIo::new(tls), h2).await;
+                        } else {
+                            raw_serve(TokioIo::new(stream), workload.h2()).await;
+                        }
+                    });
+                }
+            });
+            (addr, Box::new(move || task.abort()))
+        }
+        Server::Drain => {
+            let drain = Drain::new();
+            let listener = Listener::new(listener, &drain);
+            let mut options = HttpOptions::default();
+            if workload.tls() {
+                options = options.with_tls(acceptor);
+            }
+            rt.spawn(async move {
+                serve(&listener, service_fn(hello), &options).await.unwrap();
+            });
+            (addr, Box::new(move || drain.close()))
+        }
+    }
+}
+
+async fn raw_serve<I>(io: I, h2: bool)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service_fn(hello))
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service_fn(hello))
+            .await;
+    }
+}
+
+/// Open client connections to one server: HTTP/2 senders (each used by
+/// `STREAMS` concurrent tasks) or HTTP/1.1 senders (one task each).
+enum Pool {
+    H2(Vec<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>),
+    H1(Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>),
+}
+
+const STREAMS: usize = 16;
+
+/// Connects the clients of `workload` (`tls` offers its ALPN protocol).
+async fn connect(addr: SocketAddr, workload: Workload, tls: tokio_rustls::TlsConnector) -> Pool {
+    let connections = if workload.h2() { 4 } else { 16 };
+    let mut ios: Vec<Box<dyn Io>> = Vec::new();
+    for _ in 0..connections {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        if workload.tls() {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            ios.push(Box::new(tls.connect(name, tcp).await.unwrap()));
+        } else {
+            ios.push(Box::new(tcp));
+        }
+    }
+    if workload.h2() {
+        let mut senders = Vec::new();
+        for io in ios {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            senders.push(send);
+        }
+        Pool::H2(senders)
+    } else {
+        let mut senders = Vec::new();
+        for io in ios {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            senders.push(send);
+        }
+        Pool::H1(senders)
+    }
+}
+
+/// Requests completed in `time` on `pool`.
+async fn load(pool: &mut Pool, time: Duration) -> u64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    match pool {
+        Pool::H2(senders) => {
+            for send in senders.iter() {
+                for _ in 0..STREAMS {
+                    let (mut send, done, stop) = (send.clone(), done.clone(), stop.clone());
+                    tasks.push(tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let req = Request::get("http://localhost/")
+                                .body(Empty::<Bytes>::new())
+                                .unwrap();
+                            let res = send.send_request(req).await.unwrap();
+                            res.into_body().collect().await.unwrap();
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None
+                    }));
+                }
+            }
+        }
+        Pool::H1(senders) => {
+            for mut send in senders.drain(..) {
+                let (done, stop) = (done.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let req = Request::get("http://localhost/")
+                            .header("host", "localhost")
+                            .body(Empty::<Bytes>::new())
+                            .unwrap();
+                        let res = send.send_request(req).await.unwrap();
+                        res.into_body().collect().await.unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(send)
+                }));
+            }
+        }
+    }
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        if let (Some(send), Pool::H1(senders)) = (t.await.unwrap(), &mut *pool) {
+            senders.push(send);
+        }
+    }
+    done.load(Ordering::Relaxed)
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// CPU time the servers' worker thread has used (`/proc/self/task/TID/schedstat`,
+/// nanoseconds).
+fn cpu(tid: i32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap();
+    Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (pairs, time) = if full {
+        (20, Duration::from_millis(400))
+    } else {
+        (1, Duration::from_millis(50))
+    };
+    let server_tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let tid = server_tid.clone();
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(move || {
+            tid.store(rustix::thread::gettid().as_raw_nonzero().get(), Ordering::SeqCst);
+        })
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The worker thread starts with the first task.
+    servers.block_on(async { tokio::spawn(async {}).await.unwrap() });
+    let tid = server_tid.load(Ordering::SeqCst);
+    let started = Instant::now();
+    println!(
+        "{:>28}  {:>22}  {:>22}  {:>26}",
+        "", "requests/s, raw  drain", "server CPU/request, raw  drain", "drain/raw: throughput  CPU"
+    );
+    for workload in [Workload::H2c, Workload::H2Tls, Workload::H1Tls, Workload::H1] {
+        let tls_config = tls();
+        let connector = {
+            let mut config = rustls::ClientConfig::clone(&tls_config.connector.config().clone());
+            config.alpn_protocols = vec![if workload.h2() {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        };
+        let (raw_addr, stop_raw) = start(&servers, Server::Raw, workload, &tls_config);
+        let (drain_addr, stop_drain) = start(&servers, Server::Drain, workload, &tls_config);
+        let mut raw_pool = clients.block_on(connect(raw_addr, workload, connector.clone()));
+        let mut drain_pool = clients.block_on(connect(drain_addr, workload, connector.clone()));
+        // Warm-up, not counted.
+        clients.block_on(load(&mut raw_pool, time / 2));
+        clients.block_on(load(&mut drain_pool, time / 2));
+        let measure = |pool: &mut Pool| {
+            let (cpu0, t0) = (cpu(tid), Instant::now());
+            let n = clients.block_on(load(pool, time));
+            let (cpu1, t1) = (cpu(tid), Instant::now());
+            let per_request = (cpu1 - cpu0).as_secs_f64() / n as f64;
+            (n as f64 / (t1 - t0).as_secs_f64(), per_request)
+        };
+        let (mut tput, mut cpu_ratio) = (Vec::new(), Vec::new());
+        let (mut raw_rps, mut drain_rps, mut raw_cpu, mut drain_cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            let (r, d) = if pair % 2 == 0 {
+                let r = measure(&mut raw_pool);
+                (r, measure(&mut drain_pool))
+            } else {
+                let d = measure(&mut drain_pool);
+                (measure(&mut raw_pool), d)
+            };
+            tput.push(d.0 / r.0);
+            cpu_ratio.push(r.1 / d.1);
+            raw_rps.push(r.0);
+            drain_rps.push(d.0);
+            raw_cpu.push(r.1 * 1e6);
+            drain_cpu.push(d.1 * 1e6);
+        }
+        println!(
+            "{:>28}  {:>10.0} {:>11.0}  {:>14.1}us {:>7.1}us  {:>14.3}x {:>8.3}x",
+            workload.name(),
+            median(&mut raw_rps),
+            median(&mut drain_rps),
+            median(&mut raw_cpu),
+            median(&mut drain_cpu),
+            median(&mut tput),
+            median(&mut cpu_ratio),
+        );
+        drop(raw_pool);
+        drop(drain_pool);
+        stop_raw();
+        stop_drain();
+    }
+    println!(
+        "medians of {pairs} alternating pairs of {time:?} runs; CPU: the servers' worker \
+         thread, per request (drain/raw CPU column: raw CPU / drain CPU, 1.0 = no overhead)"
+    );
+    println!("total time {:.1}s", started.elapsed().as_secs_f64());
+}
