@@ -98,7 +98,12 @@ pub struct VerifyArgs {
     insecure: bool,
 
     /// With --tls: trust the certificates in this PEM file.
-    #[arg(long, value_name = "PATH", requires = "tls", conflicts_with = "insecure")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls",
+        conflicts_with = "insecure"
+    )]
     ca_file: Option<PathBuf>,
 
     /// With --tls: the server name sent (SNI) and checked in the certificate

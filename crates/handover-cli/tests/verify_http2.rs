@@ -32,7 +32,9 @@ fn server() -> SocketAddr {
                     b"pid=7\n",
                 ))))
             });
-            serve(&listener, service, &HttpOptions::default()).await.unwrap();
+            serve(&listener, service, &HttpOptions::default())
+                .await
+                .unwrap();
         });
     });
     addr
@@ -53,8 +55,17 @@ fn verify(args: &[&str]) -> (std::process::ExitStatus, serde_json::Value, String
 fn http2_with_many_streams_passes_on_a_drained_server() {
     let addr = server().to_string();
     let (status, report, stderr) = verify(&[
-        "--addr", &addr, "--http2", "--keep-alive", "--connections", "2", "--streams", "8",
-        "--duration", "1s", "--json",
+        "--addr",
+        &addr,
+        "--http2",
+        "--keep-alive",
+        "--connections",
+        "2",
+        "--streams",
+        "8",
+        "--duration",
+        "1s",
+        "--json",
     ]);
     assert!(status.success(), "{report}\n{stderr}");
     assert_eq!(report["protocol"], "http2", "{report}");
@@ -71,7 +82,14 @@ fn http2_and_tls_flags_are_explained() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     };
     bad(
-        &["--addr", "127.0.0.1:1", "--streams", "4", "--duration", "1s"],
+        &[
+            "--addr",
+            "127.0.0.1:1",
+            "--streams",
+            "4",
+            "--duration",
+            "1s",
+        ],
         "--streams 4 needs --http2 or --grpc",
     );
     bad(
@@ -79,9 +97,18 @@ fn http2_and_tls_flags_are_explained() {
         "--insecure for a self-signed certificate",
     );
     bad(&["--addr", "127.0.0.1:1", "--insecure"], "--tls");
-    bad(&["--addr", "127.0.0.1:1", "--http2", "--grpc"], "cannot be used with");
+    bad(
+        &["--addr", "127.0.0.1:1", "--http2", "--grpc"],
+        "cannot be used with",
+    );
     let (status, _, stderr) = verify(&[
-        "--addr", "127.0.0.1:1", "--tls", "--ca-file", "/nonexistent/ca.pem", "--duration", "1s",
+        "--addr",
+        "127.0.0.1:1",
+        "--tls",
+        "--ca-file",
+        "/nonexistent/ca.pem",
+        "--duration",
+        "1s",
     ]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");

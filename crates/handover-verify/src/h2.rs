@@ -221,7 +221,11 @@ enum Outcome {
 }
 
 /// Sends one request and reads its whole response.
-async fn exchange(send: &mut SendRequest<Bytes>, cfg: &ClientCfg, progress: &mut Progress) -> Outcome {
+async fn exchange(
+    send: &mut SendRequest<Bytes>,
+    cfg: &ClientCfg,
+    progress: &mut Progress,
+) -> Outcome {
     let grpc = cfg.protocol == Protocol::Grpc;
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let (method, path) = if grpc {

@@ -64,8 +64,8 @@ mod verify;
 
 pub use histogram::Latency;
 pub use load::{Load, LoadConfig, Mode, Protocol};
-pub use tls::ClientTls;
 pub use report::{FailureKind, FailureSample, ReloadRecord, Report};
+pub use tls::ClientTls;
 pub use verify::{Trigger, VerifyConfig, stderr_is_terminal, verify};
 
 /// Why a load or verification could not start.

@@ -162,7 +162,10 @@ impl LoadConfig {
         if self.streams == 0 || self.streams > 10_000 {
             return invalid(
                 "streams",
-                format!("expected 1 to 10000 streams per connection, got {}", self.streams),
+                format!(
+                    "expected 1 to 10000 streams per connection, got {}",
+                    self.streams
+                ),
             );
         }
         if self.streams > 1 && self.protocol == Protocol::Http1 {
@@ -554,7 +557,10 @@ pub(crate) struct ClientCfg {
     pub(crate) request_timeout: Duration,
     pub(crate) think_time: Duration,
     request: Vec<u8>,
-    pub(crate) tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    pub(crate) tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub(crate) protocol: Protocol,
     pub(crate) streams: usize,
     pub(crate) path: String,

@@ -85,7 +85,8 @@ fn server(behavior: Behavior) -> SocketAddr {
                             };
                             if grpc {
                                 // HealthCheckResponse { status: SERVING }.
-                                let _ = send.send_data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]), false);
+                                let _ = send
+                                    .send_data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]), false);
                                 let code = match behavior {
                                     Behavior::GrpcStatus(code) => code,
                                     _ => 0,
@@ -132,10 +133,19 @@ fn run_with(addr: SocketAddr, protocol: Protocol, requests: u64, streams: usize)
 /// drain holds the acknowledgement back for that reason.)
 #[test]
 fn a_graceful_goaway_is_not_a_failure() {
-    let report = run_with(server(Behavior::GracefulAfter(40)), Protocol::Http2, 2000, 1);
+    let report = run_with(
+        server(Behavior::GracefulAfter(40)),
+        Protocol::Http2,
+        2000,
+        1,
+    );
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
     assert!(report.ok >= 2000, "{}", report.render_table());
-    assert!(report.connects > 10, "it reconnected: {}", report.render_table());
+    assert!(
+        report.connects > 10,
+        "it reconnected: {}",
+        report.render_table()
+    );
     assert!(report.server_closes > 10, "{}", report.render_table());
     assert_eq!(report.pids.get(&7).copied(), Some(report.ok));
 }
@@ -155,8 +165,17 @@ fn refused_streams_are_failures() {
         Protocol::Http2,
         500,
     );
-    assert!(report.failures_of(FailureKind::Refused) >= 40, "{}", report.render_table());
-    assert_eq!(report.failures_of(FailureKind::Reset), 0, "{}", report.render_table());
+    assert!(
+        report.failures_of(FailureKind::Refused) >= 40,
+        "{}",
+        report.render_table()
+    );
+    assert_eq!(
+        report.failures_of(FailureKind::Reset),
+        0,
+        "{}",
+        report.render_table()
+    );
     assert!(report.failure_samples[0].error.contains("REFUSED_STREAM"));
 }
 
@@ -167,14 +186,22 @@ fn reset_streams_are_failures() {
         Protocol::Http2,
         500,
     );
-    assert!(report.failures_of(FailureKind::Reset) >= 40, "{}", report.render_table());
+    assert!(
+        report.failures_of(FailureKind::Reset) >= 40,
+        "{}",
+        report.render_table()
+    );
 }
 
 #[test]
 fn grpc_calls_succeed_on_grpc_status_0_only() {
     let report = run(server(Behavior::Ok), Protocol::Grpc, 500);
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
-    assert_eq!(report.pids.get(&7).copied(), Some(report.ok), "pid from the `pid` header");
+    assert_eq!(
+        report.pids.get(&7).copied(),
+        Some(report.ok),
+        "pid from the `pid` header"
+    );
     let report = run(server(Behavior::GrpcStatus(14)), Protocol::Grpc, 200);
     assert_eq!(report.ok, 0, "{}", report.render_table());
     assert!(report.failures_of(FailureKind::BadStatus) >= 200);
@@ -188,7 +215,11 @@ fn a_server_that_is_not_there_is_refused() {
         l.local_addr().unwrap()
     };
     let report = run(addr, Protocol::Http2, 20);
-    assert!(report.failures_of(FailureKind::Refused) >= 20, "{}", report.render_table());
+    assert!(
+        report.failures_of(FailureKind::Refused) >= 20,
+        "{}",
+        report.render_table()
+    );
 }
 
 #[test]
@@ -197,7 +228,16 @@ fn bad_configurations_say_what_to_do() {
     let mut cfg = LoadConfig::new(addr, Mode::KeepAlive);
     cfg.streams = 8;
     let err = Load::start(cfg).unwrap_err();
-    assert!(matches!(err, VerifyError::InvalidConfig { field: "streams", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::InvalidConfig {
+                field: "streams",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("HTTP/2"), "{err}");
     let mut cfg = LoadConfig::new(addr, Mode::KeepAlive);
     let mut tls = ClientTls::insecure();

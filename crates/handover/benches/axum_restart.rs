@@ -64,7 +64,10 @@ fn server(role: &str) {
                     .unwrap();
             });
             signals
-                .run(&drain, RunOptions::default().drain_timeout(Duration::from_secs(30)))
+                .run(
+                    &drain,
+                    RunOptions::default().drain_timeout(Duration::from_secs(30)),
+                )
                 .await
                 .unwrap();
             let _ = serving.await;
@@ -264,12 +267,20 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-fn row(how: How, load_name: &str, cfg: impl Fn(SocketAddr) -> LoadConfig, restarts: usize) -> (String, Report) {
+fn row(
+    how: How,
+    load_name: &str,
+    cfg: impl Fn(SocketAddr) -> LoadConfig,
+    restarts: usize,
+) -> (String, Report) {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_port();
     let mut servers = Servers::start(how, addr, dir.path());
     let load = Load::start(cfg(addr)).unwrap();
-    assert!(load.wait_for_ok(50, Duration::from_secs(30)), "no load got through");
+    assert!(
+        load.wait_for_ok(50, Duration::from_secs(30)),
+        "no load got through"
+    );
     let mut with_failures = 0;
     for _ in 0..restarts {
         let before = load.snapshot().failures_total();
@@ -329,7 +340,9 @@ fn main() {
             cfg
         }),
     ];
-    println!("| restarted by | load | restarts | requests ok | failed | refused / reset / short / timeout / other | restarts with failures |");
+    println!(
+        "| restarted by | load | restarts | requests ok | failed | refused / reset / short / timeout / other | restarts with failures |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (load_name, cfg) in loads {
         for how in [How::StopStart, How::ReusePort, How::Handover] {
@@ -337,5 +350,8 @@ fn main() {
             println!("{line}");
         }
     }
-    println!("\n{restarts} restarts per row, 200 ms apart; total time {:.0}s", started.elapsed().as_secs_f64());
+    println!(
+        "\n{restarts} restarts per row, 200 ms apart; total time {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -69,7 +69,9 @@ impl Workload {
 }
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(b"hello, world\n"))))
+    Ok(Response::new(Full::new(Bytes::from_static(
+        b"hello, world\n",
+    ))))
 }
 
 struct Tls {
@@ -290,7 +292,10 @@ fn main() {
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .on_thread_start(move || {
-            tid.store(rustix::thread::gettid().as_raw_nonzero().get(), Ordering::SeqCst);
+            tid.store(
+                rustix::thread::gettid().as_raw_nonzero().get(),
+                Ordering::SeqCst,
+            );
         })
         .enable_all()
         .build()
@@ -306,9 +311,17 @@ fn main() {
     let started = Instant::now();
     println!(
         "{:>28}  {:>22}  {:>22}  {:>26}",
-        "", "requests/s, raw  drain", "server CPU/request, raw  drain", "drain/raw: throughput  CPU"
+        "",
+        "requests/s, raw  drain",
+        "server CPU/request, raw  drain",
+        "drain/raw: throughput  CPU"
     );
-    for workload in [Workload::H2c, Workload::H2Tls, Workload::H1Tls, Workload::H1] {
+    for workload in [
+        Workload::H2c,
+        Workload::H2Tls,
+        Workload::H1Tls,
+        Workload::H1,
+    ] {
         let tls_config = tls();
         let connector = {
             let mut config = rustls::ClientConfig::clone(&tls_config.connector.config().clone());

@@ -113,7 +113,10 @@ async fn get(grpc: &mut tonic::client::Grpc<Channel>, seq: u64) -> Result<PidRep
         }
     };
     if reply.seq != seq {
-        return Err(tonic::Status::internal(format!("seq {} for {seq}", reply.seq)));
+        return Err(tonic::Status::internal(format!(
+            "seq {} for {seq}",
+            reply.seq
+        )));
     }
     Ok(reply)
 }
@@ -240,7 +243,12 @@ fn twenty_upgrades_grpc_unary_and_server_streams_lose_nothing() {
         report.render_table(),
         server.log()
     );
-    assert!(t.unary_ok > 100 && t.streams_ok > 20, "{} unary, {} streams", t.unary_ok, t.streams_ok);
+    assert!(
+        t.unary_ok > 100 && t.streams_ok > 20,
+        "{} unary, {} streams",
+        t.unary_ok,
+        t.streams_ok
+    );
     assert!(
         t.stream_pids.len() >= 15,
         "streams were served by {} generations only",
@@ -274,7 +282,10 @@ fn a_server_stream_that_spans_an_upgrade_completes_on_the_old_process() {
     std::thread::sleep(Duration::from_millis(300));
     let new = server.upgrade(&load);
     let pid = rt.block_on(stream).unwrap().expect("the stream completes");
-    assert_eq!(pid, old, "every reply of the stream came from the old process");
+    assert_eq!(
+        pid, old,
+        "every reply of the stream came from the old process"
+    );
     assert_ne!(new, old);
     // And the new process serves streams.
     let pid = rt

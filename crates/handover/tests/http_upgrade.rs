@@ -91,7 +91,10 @@ fn twenty_upgrades_http2_many_streams_per_connection_lose_nothing() {
     // HTTP/1.1 keep-alive clients on the same port at the same time.
     let mut h1 = LoadConfig::new(server.addr, Mode::KeepAlive);
     h1.connections = 4;
-    twenty_upgrades(&mut server, vec![("h2c, 4 x 16 streams", cfg), ("HTTP/1.1", h1)]);
+    twenty_upgrades(
+        &mut server,
+        vec![("h2c, 4 x 16 streams", cfg), ("HTTP/1.1", h1)],
+    );
 }
 
 #[test]
@@ -242,8 +245,17 @@ fn h2load_across_upgrades(server: &mut Server, args: &[&str], every: Duration, r
                 .unwrap_or_else(|| panic!("no `requests:` line in h2load's output:\n{out}"));
             let [total, started, done, succeeded, failed, errored, timeout] = counts;
             assert!(succeeded > 0, "{out}");
-            assert_eq!(timeout, 0, "h2load timed out:\n{out}\nstderr:\n{}", server.log());
-            assert_eq!((total, started, done), (started, done, succeeded + failed), "{out}");
+            assert_eq!(
+                timeout,
+                0,
+                "h2load timed out:\n{out}\nstderr:\n{}",
+                server.log()
+            );
+            assert_eq!(
+                (total, started, done),
+                (started, done, succeeded + failed),
+                "{out}"
+            );
             // What h2load counts as failed here never reached the server:
             // requests it had queued when it read the GOAWAY, which its
             // nghttp2 then refuses to send (nghttp2_session.c,
@@ -367,9 +379,20 @@ fn curl_http2_transfers_across_upgrades_all_succeed() {
         out.lines().filter(|l| l.starts_with("pid=")).collect();
     assert_eq!(statuses.len(), TRANSFERS, "{out}");
     let bad: Vec<&&str> = statuses.iter().filter(|l| **l != "200 2").collect();
-    assert!(bad.is_empty(), "curl transfers that failed: {bad:?}\n{}", server.log());
-    assert!(upgrades >= 3, "only {upgrades} upgrades during the curl run");
-    assert!(pids.len() >= 3, "curl was answered by {} generations only", pids.len());
+    assert!(
+        bad.is_empty(),
+        "curl transfers that failed: {bad:?}\n{}",
+        server.log()
+    );
+    assert!(
+        upgrades >= 3,
+        "only {upgrades} upgrades during the curl run"
+    );
+    assert!(
+        pids.len() >= 3,
+        "curl was answered by {} generations only",
+        pids.len()
+    );
     let report = load.stop();
     assert_lossless(&report, "HTTP/1.1 alongside curl", &server);
 }

@@ -87,7 +87,11 @@ fn twenty_upgrades_websocket_clients_reconnect_and_lose_no_message() {
         connections += report.connections;
         pids.extend(report.pids.iter().map(|(pid, _)| *pid));
     }
-    assert!(pids.len() >= 15, "WebSockets answered by {} generations only", pids.len());
+    assert!(
+        pids.len() >= 15,
+        "WebSockets answered by {} generations only",
+        pids.len()
+    );
     let report = load.stop();
     assert_eq!(report.failures_total(), 0, "{}", report.render_table());
     eprintln!(

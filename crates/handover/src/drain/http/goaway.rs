@@ -350,7 +350,8 @@ mod tests {
         let mut out = Vec::new();
         while !bytes.is_empty() {
             assert!(bytes.len() >= HEADER, "a cut frame header");
-            let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            let len =
+                usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
             let frame = (bytes[3], bytes[4], bytes[HEADER..HEADER + len].to_vec());
             out.push(frame);
             bytes = &bytes[HEADER + len..];
@@ -371,14 +372,17 @@ mod tests {
                 f
             }),
             // Anything else, a PING type with another length included.
-            (any::<u8>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
-                |(kind, flags, payload)| {
+            (
+                any::<u8>(),
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(kind, flags, payload)| {
                     let len = payload.len();
                     let mut f = vec![0, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 1];
                     f.extend_from_slice(&payload);
                     f
-                }
-            ),
+                }),
         ]
     }
 

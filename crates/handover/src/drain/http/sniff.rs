@@ -228,13 +228,15 @@ mod tests {
     fn input_strategy() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             // The preface, whole or cut, then anything.
-            (0..=PREFACE.len(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(
-                |(n, rest)| {
+            (
+                0..=PREFACE.len(),
+                proptest::collection::vec(any::<u8>(), 0..100)
+            )
+                .prop_map(|(n, rest)| {
                     let mut v = PREFACE[..n].to_vec();
                     v.extend_from_slice(&rest);
                     v
-                }
-            ),
+                }),
             proptest::collection::vec(any::<u8>(), 0..100),
             Just(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ]
