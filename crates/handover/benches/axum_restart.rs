@@ -32,6 +32,9 @@ use rustix::process::{Pid, Signal};
 
 const ROLE: &str = "AXUM_RESTART_ROLE";
 
+/// A load's configuration for a server address.
+type MakeLoad = fn(SocketAddr) -> LoadConfig;
+
 fn app() -> axum::Router {
     axum::Router::new().route(
         "/",
@@ -325,7 +328,7 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let restarts = if full { 20 } else { 2 };
     let started = Instant::now();
-    let loads: [(&str, fn(SocketAddr) -> LoadConfig); 3] = [
+    let loads: [(&str, MakeLoad); 3] = [
         ("HTTP/1.1 keep-alive, 8 clients", |addr| {
             LoadConfig::new(addr, Mode::KeepAlive)
         }),
