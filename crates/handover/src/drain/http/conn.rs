@@ -35,6 +35,11 @@ pub(super) struct ConnState {
     /// Service calls in progress (one at a time with HTTP/1.1, any number
     /// with HTTP/2).
     pub(super) busy: AtomicUsize,
+    /// Service calls made (requests received whole enough to be served).
+    pub(super) requests: AtomicU64,
+    /// HTTP/2: streams the client opened (HEADERS frames on new stream
+    /// ids, counted as they are read).
+    pub(super) streams: AtomicU64,
 }
 
 impl ConnState {
@@ -44,6 +49,8 @@ impl ConnState {
             base: Instant::now(),
             last_activity: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
         })
     }
 
@@ -185,6 +192,7 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.state.busy.fetch_add(1, Relaxed);
+        self.state.requests.fetch_add(1, Relaxed);
         if self.proto == Proto::Http1Upgrades && req.headers().contains_key(UPGRADE) {
             // So the handler of an upgraded connection (a WebSocket) can
             // watch for the drain and say goodbye (a close frame).
@@ -334,12 +342,25 @@ pub(super) async fn drive_http1<C: Graceful>(
 /// id, then, after a PING round trip, with the last stream actually
 /// received), lets every stream the client opened finish, and closes.
 pub(super) async fn drive_http2<C: Graceful>(mut conn: C, state: &ConnState) -> hyper::Result<()> {
-    tokio::select! {
-        biased;
-        done = &mut conn => return done,
-        () = state.drain.closed() => {}
+    let result = async {
+        tokio::select! {
+            biased;
+            done = &mut conn => return done,
+            () = state.drain.closed() => {}
+        }
+        tracing::trace!("drain: GOAWAY on an HTTP/2 connection");
+        conn.graceful_shutdown();
+        conn.await
     }
-    tracing::trace!("drain: GOAWAY on an HTTP/2 connection");
-    conn.graceful_shutdown();
-    conn.await
+    .await;
+    // Every stream the client sent was served, or the connection failed:
+    // these two numbers say which (tests compare them with the client's).
+    tracing::debug!(
+        streams = state.streams.load(Relaxed),
+        requests = state.requests.load(Relaxed),
+        draining = state.drain.is_closed(),
+        ok = result.is_ok(),
+        "HTTP/2 connection ended"
+    );
+    result
 }

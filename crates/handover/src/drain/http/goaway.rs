@@ -60,6 +60,9 @@ struct Frames {
     header_passed: usize,
     /// Payload bytes of the current frame still to come.
     payload_left: usize,
+    /// The highest stream id a HEADERS frame opened, and how many did.
+    max_stream: u32,
+    opened: u64,
 }
 
 impl Frames {
@@ -70,6 +73,23 @@ impl Frames {
             header_len: 0,
             header_passed: 0,
             payload_left: 0,
+            max_stream: 0,
+            opened: 0,
+        }
+    }
+
+    /// Notes a whole frame header: counts the streams HEADERS frames open.
+    fn header_done(&mut self) {
+        const HEADERS: u8 = 0x1;
+        let id = u32::from_be_bytes([
+            self.header[5] & 0x7f,
+            self.header[6],
+            self.header[7],
+            self.header[8],
+        ]);
+        if self.header[3] == HEADERS && id > self.max_stream {
+            self.max_stream = id;
+            self.opened += 1;
         }
     }
 
@@ -90,6 +110,7 @@ impl Frames {
                 self.header_len += n;
                 bytes = &bytes[n..];
                 if self.header_len == HEADER {
+                    self.header_done();
                     self.payload_left = self.length();
                     self.header_len = 0;
                 }
@@ -174,6 +195,7 @@ impl<I> HoldPingAck<I> {
                 }
                 self.out
                     .extend_from_slice(&f.header[f.header_passed..HEADER]);
+                f.header_done();
                 f.payload_left = f.length();
                 f.header_len = 0;
                 f.header_passed = 0;
@@ -251,6 +273,9 @@ impl<I: AsyncRead + Unpin> HoldPingAck<I> {
             }
             self.raw.extend_from_slice(read.filled());
             self.sort();
+            self.state
+                .streams
+                .store(self.frames.opened, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -268,6 +293,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for HoldPingAck<I> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         this.frames.follow(&buf.filled()[before..]);
+        this.state
+            .streams
+            .store(this.frames.opened, std::sync::atomic::Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 }
@@ -416,7 +444,7 @@ mod tests {
             let drain = Drain::new();
             let state = ConnState::new(&drain);
             let reader = Chunks { chunks, next: 0, close_at, drain: drain.clone() };
-            let mut hold = HoldPingAck::new(reader, state, Duration::from_millis(100));
+            let mut hold = HoldPingAck::new(reader, state.clone(), Duration::from_millis(100));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
@@ -441,6 +469,15 @@ mod tests {
             let acks = |v: &[(u8, u8, Vec<u8>)]| v.iter().filter(|f| is_ack(f)).cloned().collect::<Vec<_>>();
             prop_assert_eq!(others(&sent), others(&got));
             prop_assert_eq!(acks(&sent), acks(&got));
+            // Streams opened: HEADERS frames on ids above the highest so far.
+            let (mut max, mut opened) = (0u8, 0u64);
+            for f in &frames_in {
+                if f[3] == 0x1 && f[8] > max {
+                    max = f[8];
+                    opened += 1;
+                }
+            }
+            prop_assert_eq!(state.streams.load(std::sync::atomic::Ordering::Relaxed), opened);
         }
     }
 }
