@@ -541,3 +541,69 @@ async fn http2_a_stream_sent_right_after_the_ping_ack_is_still_served() {
     };
     assert_eq!(last, 3, "the second GOAWAY's last stream id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_a_silent_connection_is_closed_after_the_grace_a_late_handshake_is_served() {
+    let grace = Duration::from_millis(600);
+    let made = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+    let acceptor = TlsAcceptor::from_pem(
+        made.cert.pem().as_bytes(),
+        made.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut pair = Pair::new(
+        HttpOptions::default()
+            .with_tls(acceptor)
+            .with_idle_grace(grace),
+    );
+    let mut silent = TcpStream::connect(pair.addr).await.unwrap();
+    let late = TcpStream::connect(pair.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pair.old.active(), 2);
+    let closed_at = Instant::now();
+    pair.hand_over();
+    tokio::time::sleep(grace / 2).await;
+    // Its handshake starts during the grace: served by the old server.
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, late).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = timeout(DEADLINE, tls.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("pid=1\n"), "{answer}");
+    // The silent one: closed, not before the grace.
+    let mut byte = [0u8; 1];
+    let n = timeout(DEADLINE, silent.read(&mut byte))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        closed_at.elapsed() >= grace,
+        "closed after {:?}",
+        closed_at.elapsed()
+    );
+    timeout(DEADLINE, pair.old.wait_async(DEADLINE))
+        .await
+        .unwrap()
+        .unwrap();
+}

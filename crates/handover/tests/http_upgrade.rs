@@ -1,7 +1,8 @@
 //! `upgrade_http` upgraded under HTTP/2 and TLS load, with real processes:
 //! HTTP/2 with many concurrent streams per connection, HTTP/1.1 and h2 over
 //! TLS, a renewed certificate deployed by an upgrade, and third-party
-//! clients (h2load, curl) that must see no failure.
+//! clients: curl sees no failure, h2load gets every request it sent
+//! answered.
 //!
 //! The server is `examples/upgrade_http.rs`, compiled into this test binary
 //! and run as a role, as in `upgrade.rs`.
