@@ -75,7 +75,9 @@ pub struct VerifyArgs {
 
     /// Speak HTTP/2: with prior knowledge (h2c) on plain TCP, ALPN h2 with
     /// --tls. A GOAWAY is not a failure (the client reconnects); a stream
-    /// refused, reset or cut is.
+    /// refused, reset or cut is. With --keep-alive each connection carries
+    /// --streams concurrent streams for the whole run; without, a new
+    /// connection for every round of --streams requests.
     #[arg(long, conflicts_with = "grpc")]
     http2: bool,
 
