@@ -312,8 +312,9 @@ fn row(
     };
     (
         format!(
-            "| {} | {load_name} | {restarts} | {} | {failed} | {} | {with_failures} |",
+            "| {} | {load_name} | {restarts} | {:.1}s | {} | {failed} | {} | {with_failures} |",
             how.name(),
+            report.duration.as_secs_f64(),
             report.ok,
             kinds.join(" / "),
         ),

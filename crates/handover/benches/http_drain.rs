@@ -9,9 +9,10 @@
 //! One process: the servers on a tokio runtime of their own (1 worker
 //! thread), the clients on another (1 worker thread), on 127.0.0.1. The raw
 //! server is what a hyper user writes: a `tokio::net::TcpListener` accept
-//! loop, `hyper::server::conn::http2` (or `http1`) on each connection, and
-//! for TLS `tokio_rustls` with the same rustls configuration first, the
-//! hyper builder chosen by ALPN. The drained one is `drain::http::serve` on
+//! loop, `hyper::server::conn::http2` (or `http1`) on each connection, with
+//! the same hyper settings as the drain's (a timer; HTTP/1.1's 30 s header
+//! read timeout), and for TLS `tokio_rustls` with the same rustls
+//! configuration first, the hyper builder chosen by ALPN. The drained one is `drain::http::serve` on
 //! a drain `Listener` (tracked connections, HTTP/1.1 and HTTP/2 told apart by
 //! the preface, the drain hooks on every connection and request), the same
 //! service. Each workload runs for a fixed time per round; the rounds
@@ -34,7 +35,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -155,12 +156,18 @@ async fn raw_serve<I>(io: I, h2: bool)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // The same hyper settings as `drain::http` uses (a timer, and the
+    // default 30 s header read timeout for HTTP/1.1), so that the
+    // difference is the drain's.
     if h2 {
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
             .serve_connection(io, service_fn(hello))
             .await;
     } else {
         let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
             .serve_connection(io, service_fn(hello))
             .await;
     }

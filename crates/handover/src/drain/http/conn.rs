@@ -3,10 +3,24 @@
 //! connections without loss.
 //!
 //! Shaped so that an HTTP/1.1 connection can later be stopped at a request
-//! boundary with its I/O and read buffer taken back (hyper's
-//! `Connection::into_parts`): the hyper connection is held by value (it is
-//! `Unpin`, since [`DrainService`] is), not pinned in place, and every I/O
-//! wrapper ([`Activity`], [`Rewind`](super::sniff::Rewind)) can be unwrapped.
+//! boundary and handed over with its I/O and read buffer (issue 18):
+//!
+//! - the hyper connection (`http1::Connection`, or `UpgradeableConnection`
+//!   with upgrades) is held by value in [`drive_http1`], not pinned in place:
+//!   it is `Unpin` because [`DrainService`] is, so `into_parts()` can take
+//!   it apart after it returned;
+//! - hyper shuts the I/O down (`poll_shutdown`, a FIN) when a connection
+//!   ends, upgradeable ones included: a hand-over makes [`Activity`]'s
+//!   `poll_shutdown` a no-op first (a flag in [`ConnState`]), calls
+//!   `graceful_shutdown` while no request is in progress (`busy` is 0; hyper
+//!   then ends at once, without adding `Connection: close` to anything), and
+//!   takes `Parts { io, read_buf, .. }`;
+//! - every I/O layer unwraps: `TokioIo::into_inner`, [`Rewind::into_parts`]
+//!   (the bytes read to tell HTTP/1.1 from HTTP/2, none once hyper read
+//!   them), [`Activity::into_inner`], then the [`Tracked`](super::super::Tracked)
+//!   stream.
+//!
+//! [`Rewind::into_parts`]: super::sniff::Rewind::into_parts
 
 use std::future::Future;
 use std::io::{self, IoSlice};
