@@ -287,10 +287,16 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The middle half of `v`: `[first quartile–third quartile]`.
+fn quartiles(v: &mut [f64]) -> String {
+    v.sort_by(f64::total_cmp);
+    format!("[{:.3}–{:.3}]", v[v.len() / 4], v[v.len() * 3 / 4])
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (pairs, time) = if full {
-        (20, Duration::from_millis(400))
+        (40, Duration::from_millis(250))
     } else {
         (1, Duration::from_millis(50))
     };
@@ -372,14 +378,16 @@ fn main() {
             drain_cpu.push(d.1 * 1e6);
         }
         println!(
-            "{:>28}  {:>10.0} {:>11.0}  {:>14.1}us {:>7.1}us  {:>14.3}x {:>8.3}x",
+            "{:>28}  {:>10.0} {:>11.0}  {:>14.1}us {:>7.1}us  {:>8.3}x {:<15} {:>6.3}x {}",
             workload.name(),
             median(&mut raw_rps),
             median(&mut drain_rps),
             median(&mut raw_cpu),
             median(&mut drain_cpu),
             median(&mut tput),
+            quartiles(&mut tput),
             median(&mut cpu_ratio),
+            quartiles(&mut cpu_ratio),
         );
         drop(raw_pool);
         drop(drain_pool);
@@ -387,8 +395,9 @@ fn main() {
         stop_drain();
     }
     println!(
-        "medians of {pairs} alternating pairs of {time:?} runs; CPU: the servers' worker \
-         thread, per request (drain/raw CPU column: raw CPU / drain CPU, 1.0 = no overhead)"
+        "medians (and quartiles) of {pairs} alternating pairs of {time:?} runs; CPU: the \
+         servers' worker thread, per request (drain/raw CPU: raw CPU / drain CPU, 1.0 = no \
+         overhead)"
     );
     println!("total time {:.1}s", started.elapsed().as_secs_f64());
 }
