@@ -1,6 +1,7 @@
-//! Throughput of `drain::http::serve` against the raw hyper server it wraps,
-//! side by side: HTTP/2 (h2c), h2 over TLS, HTTP/1.1 over TLS, and plain
-//! HTTP/1.1 keep-alive.
+//! The cost of `drain::http` against the raw hyper server it wraps, side by
+//! side: HTTP/2 (h2c), h2 over TLS, HTTP/1.1 over TLS, and plain HTTP/1.1
+//! keep-alive. Part 1 measures CPU time per request on one in-memory
+//! connection (robust on a busy machine); part 2 throughput over TCP.
 //!
 //! ```text
 //! cargo bench -p handover --bench http_drain
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handover::drain::http::{HttpOptions, serve};
+use handover::drain::http::{self, HttpOptions, serve};
 use handover::drain::tls::TlsAcceptor;
 use handover::drain::{Drain, Listener};
 use http_body_util::{BodyExt, Empty, Full};
@@ -295,6 +296,13 @@ fn quartiles(v: &mut [f64]) -> String {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    in_memory(full);
+    println!();
+    tcp(full);
+}
+
+/// Part 2: real sockets, clients and servers on their own threads.
+fn tcp(full: bool) {
     let (pairs, time) = if full {
         (40, Duration::from_millis(250))
     } else {
@@ -400,4 +408,169 @@ fn main() {
          overhead)"
     );
     println!("total time {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// Part 1: one connection in memory (`tokio::io::duplex`), client and
+/// server on one thread (a current-thread runtime), `requests` requests per
+/// run. The measure is that thread's CPU time (`/proc/thread-self/schedstat`:
+/// time on a CPU, so a busy machine preempting it does not count), per
+/// request, client included: the server's share is smaller, so the drain's
+/// overhead shows here at most as it is. No syscalls: the drain's layers are
+/// a larger part of the work than over TCP.
+fn in_memory(full: bool) {
+    let (pairs, requests) = if full { (30, 8_000) } else { (1, 200) };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    println!(
+        "{:>28}  {:>30}  {}",
+        "in memory, one thread", "CPU per request, raw  drain", "raw CPU / drain CPU [quartiles]"
+    );
+    for workload in [
+        Workload::H2c,
+        Workload::H2Tls,
+        Workload::H1Tls,
+        Workload::H1,
+    ] {
+        let tls_config = tls();
+        let mut client_config = rustls::ClientConfig::clone(&tls_config.connector.config().clone());
+        client_config.alpn_protocols = vec![if workload.h2() {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let run = |kind: Server, requests: u64| -> f64 {
+            rt.block_on(one_connection(
+                kind,
+                workload,
+                &tls_config,
+                connector.clone(),
+                requests,
+            ))
+        };
+        run(Server::Raw, requests / 4);
+        run(Server::Drain, requests / 4);
+        let (mut raw, mut drained, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            let (r, d) = if pair % 2 == 0 {
+                let r = run(Server::Raw, requests);
+                (r, run(Server::Drain, requests))
+            } else {
+                let d = run(Server::Drain, requests);
+                (run(Server::Raw, requests), d)
+            };
+            raw.push(r * 1e6);
+            drained.push(d * 1e6);
+            ratio.push(r / d);
+        }
+        println!(
+            "{:>28}  {:>21.2}us {:>6.2}us  {:.3}x {}",
+            workload.name(),
+            median(&mut raw),
+            median(&mut drained),
+            median(&mut ratio),
+            quartiles(&mut ratio)
+        );
+    }
+    println!(
+        "medians of {pairs} alternating pairs of {requests} requests; total time {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// This thread's CPU time (on a CPU, not waiting), in seconds.
+fn thread_cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    s.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
+}
+
+/// Serves one in-memory connection with `kind`, sends `requests` requests
+/// on it, and returns the thread's CPU seconds per request.
+async fn one_connection(
+    kind: Server,
+    workload: Workload,
+    tls: &Tls,
+    connector: tokio_rustls::TlsConnector,
+    requests: u64,
+) -> f64 {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = tls.acceptor.clone();
+    let drain = Drain::new();
+    let server = {
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let options = HttpOptions::default();
+            match (kind, workload.tls()) {
+                (Server::Raw, false) => raw_serve(TokioIo::new(server_io), workload.h2()).await,
+                (Server::Raw, true) => {
+                    let tls = acceptor.accept(server_io).await.unwrap();
+                    raw_serve(TokioIo::new(tls), workload.h2()).await;
+                }
+                (Server::Drain, false) => {
+                    let io = drain.track(server_io);
+                    let _ =
+                        http::serve_connection_auto(io, service_fn(hello), &drain, &options).await;
+                }
+                (Server::Drain, true) => {
+                    let io = drain.track(server_io);
+                    let tls = acceptor.accept(io).await.unwrap();
+                    let _ =
+                        http::serve_connection_auto(tls, service_fn(hello), &drain, &options).await;
+                }
+            }
+        })
+    };
+    let io: Box<dyn Io> = if workload.tls() {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        Box::new(connector.connect(name, client_io).await.unwrap())
+    } else {
+        Box::new(client_io)
+    };
+    let cpu0 = thread_cpu();
+    if workload.h2() {
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let mut tasks = Vec::new();
+        for _ in 0..STREAMS {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..requests / STREAMS as u64 {
+                    let req = Request::get("http://localhost/")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let res = send.send_request(req).await.unwrap();
+                    res.into_body().collect().await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(send);
+        let _ = conn.await;
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        for _ in 0..requests {
+            let req = Request::get("http://localhost/")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let res = send.send_request(req).await.unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+        drop(send);
+        let _ = conn.await;
+    }
+    let cpu = thread_cpu() - cpu0;
+    let _ = server.await;
+    cpu / requests as f64
 }
