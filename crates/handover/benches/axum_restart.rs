@@ -45,6 +45,12 @@ fn app() -> axum::Router {
 /// The server roles: `plain` (axum::serve, binds the port),
 /// `plain-reuseport` (the same, with SO_REUSEPORT), `handover`.
 fn server(role: &str) {
+    if std::env::var_os("AXUM_RESTART_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let addr: SocketAddr = std::env::var("AXUM_RESTART_ADDR").unwrap().parse().unwrap();
     if role == "handover" {
         let pid_file = std::env::var("AXUM_RESTART_PID_FILE").unwrap();
@@ -230,16 +236,12 @@ impl Servers {
                     .expect("a new generation answers");
                 self.pids.push(new);
                 self.wait_pid_file(new);
-                // The old generation exits once drained.
+                // The old generation exits once drained (and is reaped here:
+                // this process is a subreaper).
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while Path::new(&format!("/proc/{old}")).exists() {
-                    if let Some(c) = &mut self.current {
-                        if c.id() == old {
-                            let _ = c.try_wait();
-                        }
-                    }
+                while !exited(old) {
                     assert!(Instant::now() < deadline, "generation {old} did not exit");
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             }
         }
@@ -254,6 +256,29 @@ impl Drop for Servers {
         if let Some(c) = &mut self.current {
             let _ = c.wait();
         }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for &pid in &self.pids {
+            while !exited(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Whether `pid` has exited: reaped now (a child, or an orphan this
+/// subreaper adopted), or gone, or a zombie of someone else.
+fn exited(pid: u32) -> bool {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return true;
+    };
+    if let Ok(Some(_)) = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG) {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
     }
 }
 
@@ -328,6 +353,8 @@ fn main() {
     }
     let full = std::env::args().any(|a| a == "--bench");
     let restarts = if full { 20 } else { 2 };
+    // Old generations are re-parented here, and reaped at once.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     let started = Instant::now();
     let loads: [(&str, MakeLoad); 3] = [
         ("HTTP/1.1 keep-alive, 8 clients", |addr| {

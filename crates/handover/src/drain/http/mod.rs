@@ -23,16 +23,19 @@
 //! **HTTP/2** ([`serve_connection_auto`], when the connection starts with
 //! the HTTP/2 preface): once the drain is closed, the server sends the
 //! two-step GOAWAY of RFC 9113 (section 6.8): a first GOAWAY with the highest
-//! possible stream id and a PING, then, when the PING comes back (one round
-//! trip later, so every stream the client opened before it saw the first
-//! GOAWAY has arrived), a second GOAWAY with the last stream id actually
-//! received. Every stream up to it is served to the end, including response
-//! bodies still streaming (a gRPC server stream); none is refused or reset.
-//! The connection closes when its last stream is done. A client that wants
-//! to send more opens a new connection, which the successor accepts. There
-//! is no idle grace before the GOAWAY: unlike closing an HTTP/1.1 connection,
-//! a GOAWAY cannot race with a request the client is sending, since the
-//! streams it opened in the meantime are still served.
+//! possible stream id and a PING, then, once the PING has come back (one
+//! round trip later) and [`HttpOptions::http2_goaway_delay`] has passed, a
+//! second GOAWAY with the last stream id actually received. Every stream up
+//! to it is served to the end, including response bodies still streaming (a
+//! gRPC server stream); none is refused or reset. The connection closes when
+//! its last stream is done. A client that wants to send more opens a new
+//! connection, which the successor accepts. The delay is there because the
+//! common client libraries (`h2`, nghttp2) send the PING acknowledgement
+//! ahead of the requests they had queued: without it, the second GOAWAY
+//! would leave those out. There is no idle grace before the first GOAWAY:
+//! unlike closing an HTTP/1.1 connection, a GOAWAY cannot race with a
+//! request the client is sending, since the streams it opened in the
+//! meantime are still served.
 //!
 //! **A connection that has sent nothing yet** (accepted just before the
 //! drain, or idle before its first request) follows the HTTP/1.1 grace rule
@@ -81,9 +84,11 @@
 //! instant the grace ends still meets a closing connection, as with any
 //! HTTP/1.1 server that closes an idle connection; a client that retries a
 //! request failing before any response byte (as most do for idempotent
-//! requests) recovers. HTTP/2 has no such race. A client that does not open
-//! a new connection after a GOAWAY (h2load, for one) stops sending there: its
-//! streams in flight are all answered, but it sends no more.
+//! requests) recovers. HTTP/2 has no such race. Clients that handle a
+//! GOAWAY less well than they could: h2load does not open a new connection
+//! after one (its clients stop sending); tonic's client returns `CANCELLED`
+//! for a call it had queued on a connection that was going away and had not
+//! sent (grpc-go and grpc-java retry those transparently).
 
 use std::future::Future;
 use std::io;
