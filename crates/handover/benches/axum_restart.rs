@@ -372,13 +372,17 @@ fn main() {
         }),
     ];
     println!(
-        "| restarted by | load | restarts | requests ok | failed | refused / reset / short / timeout / other | restarts with failures |"
+        "| restarted by | load | restarts | run time | requests ok | failed | refused / reset / short / timeout / other | restarts with failures |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut samples = Vec::new();
     for (load_name, cfg) in loads {
         for how in [How::StopStart, How::ReusePort, How::Handover] {
-            let (line, _) = row(how, load_name, cfg, restarts);
+            let (line, report) = row(how, load_name, cfg, restarts);
             println!("{line}");
+            if let Some(first) = report.failure_samples.first() {
+                samples.push(format!("- {}, {load_name}: {}", how.name(), first.error));
+            }
         }
     }
     println!(
