@@ -389,4 +389,7 @@ fn main() {
         "\n{restarts} restarts per row, 200 ms apart; total time {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    if !samples.is_empty() {
+        println!("\nThe first failure of each row that had some:\n{}", samples.join("\n"));
+    }
 }
