@@ -390,6 +390,9 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     if !samples.is_empty() {
-        println!("\nThe first failure of each row that had some:\n{}", samples.join("\n"));
+        println!(
+            "\nThe first failure of each row that had some:\n{}",
+            samples.join("\n")
+        );
     }
 }

@@ -295,6 +295,12 @@ fn quartiles(v: &mut [f64]) -> String {
 }
 
 fn main() {
+    // `HTTP_DRAIN_ONE=raw:h1:5000` (raw|drain, h2c|h2tls|h1tls|h1, requests):
+    // one in-memory connection and nothing else, to count instructions with
+    // `valgrind --tool=cachegrind --cache-sim=no` (see BENCHMARKS.md).
+    if let Ok(one) = std::env::var("HTTP_DRAIN_ONE") {
+        return only_one(&one);
+    }
     let full = std::env::args().any(|a| a == "--bench");
     in_memory(full);
     println!();
@@ -479,6 +485,42 @@ fn in_memory(full: bool) {
         "medians of {pairs} alternating pairs of {requests} requests; total time {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+fn only_one(spec: &str) {
+    let mut parts = spec.split(':');
+    let kind = match parts.next() {
+        Some("raw") => Server::Raw,
+        Some("drain") => Server::Drain,
+        other => panic!("raw or drain, not {other:?}"),
+    };
+    let workload = match parts.next() {
+        Some("h2c") => Workload::H2c,
+        Some("h2tls") => Workload::H2Tls,
+        Some("h1tls") => Workload::H1Tls,
+        Some("h1") => Workload::H1,
+        other => panic!("h2c, h2tls, h1tls or h1, not {other:?}"),
+    };
+    let requests: u64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let tls_config = tls();
+    let mut client_config = rustls::ClientConfig::clone(&tls_config.connector.config().clone());
+    client_config.alpn_protocols = vec![if workload.h2() {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(one_connection(
+        kind,
+        workload,
+        &tls_config,
+        connector,
+        requests,
+    ));
 }
 
 /// This thread's CPU time (on a CPU, not waiting), in seconds.

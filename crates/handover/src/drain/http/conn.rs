@@ -31,7 +31,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
+use hyper::header::{CONNECTION, HeaderValue};
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -105,22 +105,27 @@ impl<I> Activity<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Activity<I> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.state.drain.is_closed() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() != before {
-            this.state.touch_if_draining();
+            this.state.touch();
         }
         result
     }
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -128,11 +133,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.touch_if_draining();
+        if this.state.drain.is_closed() && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.state.touch();
         }
         result
     }
+
+    #[inline]
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -141,19 +148,25 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.touch_if_draining();
+        if this.state.drain.is_closed() && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.state.touch();
         }
         result
     }
+
+    #[inline]
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
+    #[inline]
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
+
+    #[inline]
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
@@ -207,15 +220,20 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.state.busy.fetch_add(1, Relaxed);
         self.state.requests.fetch_add(1, Relaxed);
-        if self.proto == Proto::Http1Upgrades && req.headers().contains_key(UPGRADE) {
+        // hyper puts `OnUpgrade` only in requests it can upgrade (an
+        // `Upgrade` header, or CONNECT): cheaper than a header lookup.
+        if self.proto == Proto::Http1Upgrades
+            && req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some()
+        {
             // So the handler of an upgraded connection (a WebSocket) can
             // watch for the drain and say goodbye (a close frame).
             req.extensions_mut().insert(self.state.drain.clone());
         }
         DrainFuture {
-            // Boxed so that any future works (most are not `Unpin`) without
-            // `unsafe` pin projection.
-            inner: Box::pin(self.inner.call(req)),
+            inner: self.inner.call(req),
             busy: Some(Busy(self.state.clone())),
             http1: self.proto != Proto::Http2,
         }
@@ -232,12 +250,15 @@ impl Drop for Busy {
     }
 }
 
-/// The future of [`DrainService`].
-pub(super) struct DrainFuture<F> {
-    inner: Pin<Box<F>>,
-    /// `None` once the response is out.
-    busy: Option<Busy>,
-    http1: bool,
+pin_project_lite::pin_project! {
+    /// The future of [`DrainService`].
+    pub(super) struct DrainFuture<F> {
+        #[pin]
+        inner: F,
+        // `None` once the response is out.
+        busy: Option<Busy>,
+        http1: bool,
+    }
 }
 
 impl<F, B, E> Future for DrainFuture<F>
@@ -247,9 +268,9 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let mut result = ready!(this.inner.as_mut().poll(cx));
-        if let (Ok(response), Some(busy), true) = (&mut result, &this.busy, this.http1) {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(busy), true) = (&mut result, &*this.busy, *this.http1) {
             // A `101 Switching Protocols` keeps its `Connection: Upgrade`:
             // the upgraded connection stays tracked, and its handler learns
             // of the drain from the `Drain` in the request's extensions.
@@ -259,7 +280,7 @@ where
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
         }
-        this.busy = None;
+        *this.busy = None;
         Poll::Ready(result)
     }
 }
@@ -315,6 +336,32 @@ where
     }
 }
 
+/// Polls `conn` until it is done (`Some` of its result) or the drain is
+/// closed (`None`).
+///
+/// The same as a `select!` on `conn` and `drain.closed()`, without polling
+/// the drain's notification at each of the connection's wake-ups: it is
+/// polled when the waker changes, and otherwise only once the drain's
+/// closed flag (one atomic load) is set.
+async fn until_closed<C: Future + Unpin>(conn: &mut C, drain: &Drain) -> Option<C::Output> {
+    let mut closed = std::pin::pin!(drain.closed());
+    let mut waker: Option<std::task::Waker> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = Pin::new(&mut *conn).poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let registered = waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !registered || drain.is_closed() {
+            if closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Serves an HTTP/1.1 connection until it is done, draining it without loss
 /// once the drain is closed: responses from then on carry
 /// `Connection: close` (added by [`DrainService`]), a request in progress is
@@ -324,10 +371,8 @@ pub(super) async fn drive_http1<C: Graceful>(
     state: &ConnState,
     grace: Duration,
 ) -> hyper::Result<()> {
-    tokio::select! {
-        biased;
-        done = &mut conn => return done,
-        () = state.drain.closed() => {}
+    if let Some(done) = until_closed(&mut conn, &state.drain).await {
+        return done;
     }
     state.touch();
     loop {
@@ -357,10 +402,8 @@ pub(super) async fn drive_http1<C: Graceful>(
 /// received), lets every stream the client opened finish, and closes.
 pub(super) async fn drive_http2<C: Graceful>(mut conn: C, state: &ConnState) -> hyper::Result<()> {
     let result = async {
-        tokio::select! {
-            biased;
-            done = &mut conn => return done,
-            () = state.drain.closed() => {}
+        if let Some(done) = until_closed(&mut conn, &state.drain).await {
+            return done;
         }
         tracing::trace!("drain: GOAWAY on an HTTP/2 connection");
         conn.graceful_shutdown();
