@@ -431,8 +431,8 @@ fn in_memory(full: bool) {
         .unwrap();
     let started = Instant::now();
     println!(
-        "{:>28}  {:>30}  {}",
-        "in memory, one thread", "CPU per request, raw  drain", "raw CPU / drain CPU [quartiles]"
+        "{:>28}  {:>30}  raw CPU / drain CPU [quartiles]",
+        "in memory, one thread", "CPU per request, raw  drain"
     );
     for workload in [
         Workload::H2c,

@@ -189,7 +189,6 @@ mod tokio_impls {
         }
 
         #[inline]
-
         fn poll_write_vectored(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -199,19 +198,16 @@ mod tokio_impls {
         }
 
         #[inline]
-
         fn is_write_vectored(&self) -> bool {
             self.stream.is_write_vectored()
         }
 
         #[inline]
-
         fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.get_mut().stream).poll_flush(cx)
         }
 
         #[inline]
-
         fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
         }

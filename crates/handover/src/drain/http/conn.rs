@@ -140,7 +140,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
     }
 
     #[inline]
-
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -155,19 +154,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
     }
 
     #[inline]
-
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
     #[inline]
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     #[inline]
-
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }

@@ -179,7 +179,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 
     #[inline]
-
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -189,19 +188,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 
     #[inline]
-
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
     #[inline]
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     #[inline]
-
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
