@@ -6,16 +6,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use handover_verify::{LoadConfig, Mode, Reloaded, Trigger, VerifyConfig};
+use handover_verify::{ClientTls, LoadConfig, Mode, Protocol, Reloaded, Trigger, VerifyConfig};
 
 use crate::{control, duration};
 
 /// Options of `handover verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The server to load, as HOST:PORT or http://HOST:PORT/PATH (the
-    /// path, if any, is the request path). 127.0.0.1 or ::1 are the intended
-    /// targets.
+    /// The server to load, as HOST:PORT, http://HOST:PORT/PATH or
+    /// https://HOST:PORT/PATH (the path, if any, is the request path;
+    /// https:// means --tls). 127.0.0.1 or ::1 are the intended targets.
     #[arg(long, value_name = "HOST:PORT")]
     addr: String,
 
@@ -78,28 +78,71 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+
+    /// Speak HTTP/2: with prior knowledge (h2c) on plain TCP, ALPN h2 with
+    /// --tls. A GOAWAY is not a failure (the client reconnects); a stream
+    /// refused, reset or cut is. With --keep-alive each connection carries
+    /// --streams concurrent streams for the whole run; without, a new
+    /// connection for every round of --streams requests.
+    #[arg(long, conflicts_with = "grpc")]
+    http2: bool,
+
+    /// Speak gRPC over HTTP/2: unary grpc.health.v1.Health/Check calls that
+    /// must end with grpc-status 0 (the pid comes from a `pid` header).
+    #[arg(long)]
+    grpc: bool,
+
+    /// Concurrent streams per connection (--http2, --grpc).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    streams: usize,
+
+    /// Connect with TLS (ALPN h2 with --http2/--grpc, http/1.1 otherwise);
+    /// needs --insecure or --ca-file.
+    #[arg(long)]
+    tls: bool,
+
+    /// With --tls: accept any certificate (a self-signed one).
+    #[arg(long, requires = "tls")]
+    insecure: bool,
+
+    /// With --tls: trust the certificates in this PEM file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls",
+        conflicts_with = "insecure"
+    )]
+    ca_file: Option<PathBuf>,
+
+    /// With --tls: the server name sent (SNI) and checked in the certificate
+    /// (default: the address's IP).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 }
 
-/// The address and request path of `--addr`: `HOST:PORT`, or
-/// `http://HOST:PORT[/PATH]` as people copy it from a browser or curl.
-fn target(addr: &str) -> Result<(SocketAddr, Option<String>), String> {
+/// Where `--addr` points: the address, the request path of a URL, and
+/// whether it was an `https://` URL.
+struct Target {
+    addr: SocketAddr,
+    path: Option<String>,
+    https: bool,
+}
+
+/// The target of `--addr`: `HOST:PORT`, or `http://HOST:PORT[/PATH]` and
+/// `https://...` as people copy them from a browser or curl.
+fn target(addr: &str) -> Result<Target, String> {
     let expected = "expected HOST:PORT like 127.0.0.1:8080, or http://HOST:PORT/PATH";
-    let (hostport, path) = match addr.split_once("://") {
-        Some(("http", rest)) => match rest.find('/') {
-            Some(i) => (&rest[..i], Some(rest[i..].to_string())),
-            None => (rest, None),
+    let (hostport, path, https) = match addr.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => match rest.find('/') {
+            Some(i) => (&rest[..i], Some(rest[i..].to_string()), scheme == "https"),
+            None => (rest, None, scheme == "https"),
         },
-        Some(("https", _)) => {
-            return Err(format!(
-                "--addr {addr:?}: verify speaks plain HTTP (http://), not https://; {expected}"
-            ));
-        }
         Some((scheme, _)) => {
             return Err(format!(
                 "--addr {addr:?}: unknown scheme {scheme}://; {expected}"
             ));
         }
-        None => (addr, None),
+        None => (addr, None, false),
     };
     if hostport.is_empty() {
         return Err(format!("--addr {addr:?} has no host; {expected}"));
@@ -112,7 +155,11 @@ fn target(addr: &str) -> Result<(SocketAddr, Option<String>), String> {
         .map_err(|e| format!("--addr {addr:?}: {e}; {expected}"))?
         .next()
         .ok_or_else(|| format!("--addr {addr:?} has no address; {expected}"))?;
-    Ok((resolved, path))
+    Ok(Target {
+        addr: resolved,
+        path,
+        https,
+    })
 }
 
 /// A trigger that reloads through a control socket. handover answers once
@@ -174,7 +221,11 @@ pub fn main(args: VerifyArgs) -> ExitCode {
 }
 
 fn run(args: &VerifyArgs) -> Result<bool, String> {
-    let (addr, url_path) = target(&args.addr)?;
+    let Target {
+        addr,
+        path: url_path,
+        https,
+    } = target(&args.addr)?;
     let mode = if args.keep_alive {
         Mode::KeepAlive
     } else {
@@ -188,6 +239,36 @@ fn run(args: &VerifyArgs) -> Result<bool, String> {
         .or(url_path)
         .unwrap_or_else(|| "/".to_string());
     load.request_timeout = args.request_timeout;
+    load.protocol = if args.grpc {
+        Protocol::Grpc
+    } else if args.http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    if args.streams != 1 && load.protocol == Protocol::Http1 {
+        return Err(format!(
+            "--streams {} needs --http2 or --grpc (HTTP/1.1 carries one request at a time per \
+             connection; use --connections for more)",
+            args.streams
+        ));
+    }
+    load.streams = args.streams;
+    if args.tls || https {
+        let mut tls = match &args.ca_file {
+            Some(ca) => ClientTls::with_ca_file(ca),
+            None if args.insecure => ClientTls::insecure(),
+            None => {
+                return Err(
+                    "--tls (or an https:// --addr) needs a way to trust the server: \
+                            --ca-file PATH, or --insecure for a self-signed certificate"
+                        .into(),
+                );
+            }
+        };
+        tls.server_name = args.server_name.clone();
+        load.tls = Some(tls);
+    }
     let mut cfg = VerifyConfig::new(load, args.duration);
     let trigger = trigger(args)?;
     match (args.reload_every, trigger) {
@@ -227,28 +308,32 @@ mod tests {
 
     #[test]
     fn addresses() {
-        let (a, p) = target("127.0.0.1:8080").unwrap();
-        assert_eq!((a.to_string(), p), ("127.0.0.1:8080".into(), None));
-        let (a, p) = target("http://127.0.0.1:8080/").unwrap();
+        let t = target("127.0.0.1:8080").unwrap();
         assert_eq!(
-            (a.to_string(), p.as_deref()),
-            ("127.0.0.1:8080".into(), Some("/"))
+            (t.addr.to_string(), t.path, t.https),
+            ("127.0.0.1:8080".into(), None, false)
         );
-        let (a, p) = target("http://[::1]:9000/health?x=1").unwrap();
+        let t = target("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
-            (a.to_string(), p.as_deref()),
+            (t.addr.to_string(), t.path.as_deref(), t.https),
+            ("127.0.0.1:8080".into(), Some("/"), false)
+        );
+        let t = target("http://[::1]:9000/health?x=1").unwrap();
+        assert_eq!(
+            (t.addr.to_string(), t.path.as_deref()),
             ("[::1]:9000".into(), Some("/health?x=1"))
         );
-        assert_eq!(target("http://127.0.0.1:81").unwrap().1, None);
+        assert_eq!(target("http://127.0.0.1:81").unwrap().path, None);
+        let t = target("https://127.0.0.1:8443/x").unwrap();
+        assert_eq!((t.path.as_deref(), t.https), (Some("/x"), true));
         for (bad, says) in [
             ("127.0.0.1", "has no port"),
             ("http://127.0.0.1/", "has no port"),
-            ("https://127.0.0.1:443/", "not https://"),
             ("ftp://127.0.0.1:21", "unknown scheme"),
             ("http:///x", "has no host"),
             ("127.0.0.1:http", "expected HOST:PORT"),
         ] {
-            let e = target(bad).unwrap_err();
+            let e = target(bad).err().unwrap();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

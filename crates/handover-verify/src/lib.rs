@@ -54,15 +54,18 @@
 //! ```
 #![deny(missing_docs)]
 
+mod h2;
 mod histogram;
 pub mod http;
 mod load;
 mod report;
+mod tls;
 mod verify;
 
 pub use histogram::Latency;
-pub use load::{Load, LoadConfig, Mode};
+pub use load::{Load, LoadConfig, Mode, Protocol};
 pub use report::{FailureKind, FailureSample, ReloadRecord, Report};
+pub use tls::ClientTls;
 pub use verify::{Reloaded, Trigger, VerifyConfig, stderr_is_terminal, verify};
 
 /// Why a load or verification could not start.

@@ -21,7 +21,7 @@ use crate::report::{FailureKind, FailureSample, Report};
 
 /// How long a client waits after a failed request before the next one, so a
 /// server that is down is not hammered in a tight loop.
-const FAILURE_BACKOFF: Duration = Duration::from_millis(10);
+pub(crate) const FAILURE_BACKOFF: Duration = Duration::from_millis(10);
 /// Extra time [`Load::stop`] allows beyond the request timeout.
 const STOP_SLACK: Duration = Duration::from_secs(1);
 /// Read buffer growth per read.
@@ -46,6 +46,37 @@ pub enum Mode {
     /// was written and got no complete response is a failure. Nothing is
     /// retried.
     KeepAlive,
+}
+
+/// Which protocol the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    Http1,
+    /// HTTP/2: with prior knowledge (h2c) on plain TCP, ALPN `h2` over TLS.
+    /// Each connection carries [`LoadConfig::streams`] concurrent streams.
+    /// A GOAWAY is not a failure: the client opens a new connection for its
+    /// next requests. A stream the server refused (`RST_STREAM` with
+    /// `REFUSED_STREAM`, or left out by the last stream id of a GOAWAY after
+    /// it was sent), reset, or cut by the connection's end is.
+    Http2,
+    /// gRPC over HTTP/2 (as [`Protocol::Http2`]): each request is a unary
+    /// `grpc.health.v1.Health/Check` call, which succeeds with
+    /// `grpc-status: 0`. The pid comes from a `pid` header or trailer.
+    Grpc,
+}
+
+impl Protocol {
+    /// Short name: `http/1.1`, `h2`, `grpc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Http2 => "h2",
+            Protocol::Grpc => "grpc",
+        }
+    }
 }
 
 /// What load to generate. Build with [`LoadConfig::new`], then adjust fields.
@@ -73,6 +104,13 @@ pub struct LoadConfig {
     /// How many failures are kept described in [`Report::failure_samples`].
     /// Default 20.
     pub failure_samples: usize,
+    /// HTTP/1.1 (default), HTTP/2 or gRPC.
+    pub protocol: Protocol,
+    /// With HTTP/2 and gRPC: concurrent streams on each of the
+    /// `connections`, each with at most one request in flight. Default 1.
+    pub streams: usize,
+    /// TLS; `None` (the default): plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl LoadConfig {
@@ -89,6 +127,9 @@ impl LoadConfig {
             think_time: Duration::ZERO,
             worker_threads: 2,
             failure_samples: 20,
+            protocol: Protocol::Http1,
+            streams: 1,
+            tls: None,
         }
     }
 
@@ -124,6 +165,25 @@ impl LoadConfig {
                 );
             }
         }
+        if self.streams == 0 || self.streams > 10_000 {
+            return invalid(
+                "streams",
+                format!(
+                    "expected 1 to 10000 streams per connection, got {}",
+                    self.streams
+                ),
+            );
+        }
+        if self.streams > 1 && self.protocol == Protocol::Http1 {
+            return invalid(
+                "streams",
+                format!(
+                    "{} streams per connection need HTTP/2 (HTTP/1.1 carries one request at a \
+                     time); use the HTTP/2 or gRPC protocol, or more connections",
+                    self.streams
+                ),
+            );
+        }
         if self.worker_threads == 0 || self.worker_threads > 256 {
             return invalid(
                 "worker_threads",
@@ -146,12 +206,14 @@ pub(crate) struct PidSeen {
 pub(crate) struct Shared {
     started: Instant,
     mode: Mode,
+    protocol: Protocol,
+    streams: usize,
     connections: usize,
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
     ok: AtomicU64,
     failures: [AtomicU64; FailureKind::ALL.len()],
-    connects: AtomicU64,
-    server_closes: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) server_closes: AtomicU64,
     retryable: AtomicU64,
     latency: Histogram,
     max_samples: usize,
@@ -168,7 +230,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn record_ok(&self, latency: Duration, pid: Option<u32>) {
+    pub(crate) fn record_ok(&self, latency: Duration, pid: Option<u32>) {
         self.latency.record(latency);
         if let Some(pid) = pid {
             let mut pids = lock(&self.pids);
@@ -183,7 +245,7 @@ impl Shared {
         self.ok.fetch_add(1, Ordering::Release);
     }
 
-    fn record_failure(&self, kind: FailureKind, error: String) {
+    pub(crate) fn record_failure(&self, kind: FailureKind, error: String) {
         let at = self.started.elapsed();
         tracing::debug!(%kind, ?at, %error, "request failed");
         {
@@ -225,6 +287,8 @@ impl Shared {
         let duration = lock(&self.stopped_after).unwrap_or_else(|| self.started.elapsed());
         Report {
             mode: self.mode,
+            protocol: self.protocol,
+            streams: self.streams,
             connections: self.connections,
             requests: ok + failed,
             ok,
@@ -293,16 +357,33 @@ impl Load {
             .host_header
             .clone()
             .unwrap_or_else(|| cfg.addr.to_string());
+        let tls = match &cfg.tls {
+            Some(tls) => {
+                let alpn: &[&[u8]] = match cfg.protocol {
+                    Protocol::Http1 => &[b"http/1.1"],
+                    Protocol::Http2 | Protocol::Grpc => &[b"h2"],
+                };
+                Some(tls.connector(alpn, cfg.addr)?)
+            }
+            None => None,
+        };
         let client_cfg = Arc::new(ClientCfg {
             addr: cfg.addr,
             mode: cfg.mode,
             request_timeout: cfg.request_timeout,
             think_time: cfg.think_time,
             request: http::request_bytes(&cfg.path, &host, cfg.mode == Mode::NewConnection),
+            tls,
+            protocol: cfg.protocol,
+            streams: cfg.streams,
+            path: cfg.path.clone(),
+            host,
         });
         let shared = Arc::new(Shared {
             started: Instant::now(),
             mode: cfg.mode,
+            protocol: cfg.protocol,
+            streams: cfg.streams,
             connections: cfg.connections,
             stopping: AtomicBool::new(false),
             ok: AtomicU64::new(0),
@@ -330,11 +411,13 @@ impl Load {
                     runtime.block_on(async move {
                         let mut clients = JoinSet::new();
                         for _ in 0..connections {
-                            clients.spawn(client(
-                                Arc::clone(&shared),
-                                Arc::clone(&client_cfg),
-                                stop_rx.clone(),
-                            ));
+                            let (shared, cfg) = (Arc::clone(&shared), Arc::clone(&client_cfg));
+                            match client_cfg.protocol {
+                                Protocol::Http1 => clients.spawn(client(shared, cfg, stop_rx.clone())),
+                                Protocol::Http2 | Protocol::Grpc => {
+                                    clients.spawn(crate::h2::client(shared, cfg, stop_rx.clone()))
+                                }
+                            };
                         }
                         let mut stop_rx = stop_rx;
                         // Err means the handle was dropped: stop as well.
@@ -478,17 +561,105 @@ impl Drop for Load {
 }
 
 /// What every client needs, prepared once.
-struct ClientCfg {
-    addr: SocketAddr,
-    mode: Mode,
-    request_timeout: Duration,
-    think_time: Duration,
+pub(crate) struct ClientCfg {
+    pub(crate) addr: SocketAddr,
+    pub(crate) mode: Mode,
+    pub(crate) request_timeout: Duration,
+    pub(crate) think_time: Duration,
     request: Vec<u8>,
+    pub(crate) tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    pub(crate) protocol: Protocol,
+    pub(crate) streams: usize,
+    pub(crate) path: String,
+    pub(crate) host: String,
+}
+
+/// A client's connection: TCP, or TLS over TCP.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to the server, with TLS when configured. A TLS handshake
+/// failure is an error of kind `Other` that says so.
+pub(crate) async fn connect(cfg: &ClientCfg) -> io::Result<Stream> {
+    let tcp = TcpStream::connect(cfg.addr).await?;
+    // Best effort: the requests are small writes.
+    let _ = tcp.set_nodelay(true);
+    match &cfg.tls {
+        None => Ok(Stream::Tcp(tcp)),
+        Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+            Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(io::Error::other(format!(
+                "TLS handshake failed: {e} (a self-signed certificate needs --insecure)"
+            ))),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// A connection and the bytes received on it but not yet parsed.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Requests written on this connection, including the current one.
     requests: u64,
@@ -506,7 +677,7 @@ impl Conn {
         }
         let mut byte = [0u8; 1];
         match rustix::net::recv(
-            &self.stream,
+            self.stream.tcp(),
             &mut byte[..],
             RecvFlags::PEEK | RecvFlags::DONTWAIT,
         ) {
@@ -520,22 +691,22 @@ impl Conn {
 
 /// Where a request is, for failure messages.
 #[derive(Debug, Clone, Copy)]
-enum Stage {
+pub(crate) enum Stage {
     Connecting,
     Writing,
     Reading,
 }
 
 /// Progress of one request, readable after its future was dropped by a timeout.
-struct Progress {
-    stage: Stage,
-    received: usize,
+pub(crate) struct Progress {
+    pub(crate) stage: Stage,
+    pub(crate) received: usize,
     /// The request's number on its connection (1 = fresh connection).
-    on_conn: u64,
+    pub(crate) on_conn: u64,
 }
 
 impl Progress {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let conn = if self.on_conn <= 1 {
             "on a new connection".to_owned()
         } else {
@@ -555,15 +726,15 @@ impl Progress {
     }
 }
 
-struct Failure {
-    kind: FailureKind,
-    error: String,
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) error: String,
     /// The server never read the request: it had closed the kept-alive
     /// connection it was written onto (see [`Mode::KeepAlive`]).
-    never_read: bool,
+    pub(crate) never_read: bool,
 }
 
-fn io_failure(progress: &Progress, err: &io::Error) -> Failure {
+pub(crate) fn io_failure(progress: &Progress, err: &io::Error) -> Failure {
     use io::ErrorKind as K;
     let kind = match err.kind() {
         K::ConnectionRefused => FailureKind::Refused,
@@ -660,7 +831,7 @@ async fn client(shared: Arc<Shared>, cfg: Arc<ClientCfg>, mut stop: watch::Recei
 }
 
 /// Sleeps for `duration`, or less if the load is stopping.
-async fn pause(duration: Duration, stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn pause(duration: Duration, stop: &mut watch::Receiver<bool>) {
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
         _ = stop.wait_for(|&stop| stop) => {}
@@ -677,12 +848,8 @@ async fn exchange(
 ) -> Result<Response, Failure> {
     if conn.is_none() {
         progress.stage = Stage::Connecting;
-        let stream = TcpStream::connect(cfg.addr)
-            .await
-            .map_err(|e| io_failure(progress, &e))?;
+        let stream = connect(cfg).await.map_err(|e| io_failure(progress, &e))?;
         shared.connects.fetch_add(1, Ordering::Relaxed);
-        // Best effort: the request is one write anyway.
-        let _ = stream.set_nodelay(true);
         *conn = Some(Conn {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
@@ -716,7 +883,7 @@ async fn exchange(
                 return Ok(response);
             }
             Ok(None) => {}
-            Err(e) => return Err(parse_failure(progress, &e, &c.stream).await),
+            Err(e) => return Err(parse_failure(progress, &e, c.stream.tcp()).await),
         }
         c.buf.reserve(READ_CHUNK);
         let n = c
@@ -737,7 +904,7 @@ async fn exchange(
                     error: format!("connection closed {}", progress.describe()),
                     never_read: false,
                 }),
-                Err(e) => Err(parse_failure(progress, &e, &c.stream).await),
+                Err(e) => Err(parse_failure(progress, &e, c.stream.tcp()).await),
             };
         }
     }

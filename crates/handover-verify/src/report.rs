@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use crate::Latency;
-use crate::load::Mode;
+use crate::load::{Mode, Protocol};
 
 /// Why one request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -140,6 +140,10 @@ pub struct ReloadRecord {
 pub struct Report {
     /// How the load connected.
     pub mode: Mode,
+    /// The protocol the clients spoke.
+    pub protocol: Protocol,
+    /// Concurrent streams per connection (HTTP/2 and gRPC; 1 for HTTP/1.1).
+    pub streams: usize,
     /// Concurrent clients.
     pub connections: usize,
     /// Requests that finished, successfully or not: `ok + failures_total()`.
@@ -241,6 +245,14 @@ impl Report {
                 Mode::KeepAlive => "keep-alive",
             }
         );
+        if self.protocol != Protocol::Http1 {
+            let _ = writeln!(
+                out,
+                "  protocol {}, {} concurrent stream(s) per connection; a GOAWAY is not a failure",
+                self.protocol.name(),
+                self.streams
+            );
+        }
         let _ = writeln!(out, "  {:<16}{:>10}", "ok", self.ok);
         let _ = writeln!(out, "  {:<16}{:>10}", "failures", self.failures_total());
         for kind in FailureKind::ALL {

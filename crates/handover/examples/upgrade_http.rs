@@ -1,22 +1,32 @@
-//! An HTTP/1.1 server that upgrades itself with zero downtime.
+//! An HTTP/1.1 and HTTP/2 server that upgrades itself with zero downtime.
 //!
 //! ```text
 //! cargo run -p handover --example upgrade_http -- --listen 127.0.0.1:8080 --pid-file /tmp/upgrade_http.pid
-//! curl http://127.0.0.1:8080/            # pid=<its pid>
+//! curl http://127.0.0.1:8080/                          # pid=<its pid>
+//! curl --http2-prior-knowledge http://127.0.0.1:8080/  # the same over HTTP/2 (h2c)
+//! h2load -D 10 -c 16 -m 8 http://127.0.0.1:8080/       # a third-party HTTP/2 load
 //! kill -HUP $(cat /tmp/upgrade_http.pid) # re-executes the binary; the new pid answers
 //! kill -TERM $(cat /tmp/upgrade_http.pid)
 //! ```
 //!
 //! Every response body is `pid=<pid>` and a newline; `/slow?ms=N` waits N
-//! milliseconds first. SIGHUP (or SIGUSR2) starts the binary again with the
-//! listening socket; once the new process is ready the old one stops
-//! accepting, answers each keep-alive connection's next request with
-//! `Connection: close`, finishes what is in flight, and exits. SIGTERM drains
-//! and exits for good.
+//! milliseconds first. HTTP/1.1 and HTTP/2 with prior knowledge (h2c) are
+//! served on the same port, told apart by the client's first bytes. SIGHUP
+//! (or SIGUSR2) starts the binary again with the listening socket; once the
+//! new process is ready the old one stops accepting, answers each HTTP/1.1
+//! keep-alive connection's next request with `Connection: close`, sends each
+//! HTTP/2 connection the two-step GOAWAY, finishes what is in flight, and
+//! exits. SIGTERM drains and exits for good.
+//!
+//! With `--tls`, it serves TLS instead (ALPN `h2` and `http/1.1`), with the
+//! certificate `--tls-cert PEM` and key `--tls-key PEM` (read at start, so an
+//! upgrade deploys a renewed certificate), or without them a self-signed
+//! certificate for `localhost` and `127.0.0.1` made at start (`curl -k`).
 //!
 //! Options: `--listen ADDR` (required; `tcp://`, `unix:` or `HOST:PORT`),
 //! `--pid-file PATH`, `--ready-timeout SECS` (default 60),
 //! `--drain-timeout SECS` (default 30), `--idle-grace-ms MS` (default 2000),
+//! `--tls`, `--tls-cert PATH`, `--tls-key PATH`,
 //! `--ballast-mb MB` (default 0: hold that much touched heap, like a server
 //! with a large cache; only the process started by hand does, not its
 //! successors, so that an upgrade's cost is measured in the old process
@@ -55,8 +65,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use handover::address::Address;
-use handover::drain::http::{HttpOptions, serve_connection};
-use handover::drain::{Drain, Listener, is_closed_error};
+use handover::drain::http::{HttpOptions, serve};
+use handover::drain::tls::TlsAcceptor;
+use handover::drain::{Drain, Listener};
 use handover::upgrade::{Options, RunOptions, Upgrader};
 
 /// Command-line settings.
@@ -74,6 +85,11 @@ pub struct Args {
     pub idle_grace: Duration,
     /// Megabytes of touched heap to hold (first process only).
     pub ballast_mb: usize,
+    /// Serve TLS (`--tls`).
+    pub tls: bool,
+    /// PEM certificate chain and key for TLS (`--tls-cert`, `--tls-key`);
+    /// without them, a self-signed certificate.
+    pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Args {
@@ -84,6 +100,7 @@ impl Args {
         let (mut listen, mut pid_file) = (None, None);
         let (mut ready, mut drain, mut grace) = (60.0, 30.0, 2000u64);
         let mut ballast_mb = 0usize;
+        let (mut tls, mut tls_cert, mut tls_key) = (false, None, None);
         let num = |v: Option<String>, flag: &str| -> Result<f64, String> {
             v.ok_or(format!("{flag} needs a value"))?
                 .parse::<f64>()
@@ -107,6 +124,9 @@ impl Args {
                         format!("--ballast-mb {v:?}: expected a whole number of megabytes ({e})")
                     })?;
                 }
+                "--tls" => tls = true,
+                "--tls-cert" => tls_cert = Some(it.next().ok_or("--tls-cert needs a path")?),
+                "--tls-key" => tls_key = Some(it.next().ok_or("--tls-key needs a path")?),
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -118,6 +138,12 @@ impl Args {
             drain_timeout: Duration::from_secs_f64(drain),
             idle_grace: Duration::from_millis(grace),
             ballast_mb,
+            tls: tls || tls_cert.is_some(),
+            tls_files: match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some((c.into(), k.into())),
+                (None, None) => None,
+                _ => return Err("--tls-cert and --tls-key go together".into()),
+            },
         })
     }
 }
@@ -158,7 +184,10 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     rt.block_on(async move {
         let drain = Drain::new();
-        let http = HttpOptions::default().with_idle_grace(args.idle_grace);
+        let mut http = HttpOptions::default().with_idle_grace(args.idle_grace);
+        if args.tls {
+            http = http.with_tls(tls_acceptor(args.tls_files.as_ref())?);
+        }
         let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);
         // Signal handlers before ready(): once the pid file names this
@@ -171,29 +200,14 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // a rolled-back upgrade loses no connection. Connections that arrive
         // meanwhile wait in the accept queue.
         upgrader.ready()?;
-        let accepting = {
-            let drain = drain.clone();
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((io, _)) => {
-                            let drain = drain.clone();
-                            let http = http.clone();
-                            tokio::spawn(async move {
-                                let service = hyper::service::service_fn(handle);
-                                let _ = serve_connection(io, service, &drain, &http).await;
-                            });
-                        }
-                        Err(e) if is_closed_error(&e) => break,
-                        Err(e) => {
-                            // EMFILE and friends: back off, keep serving.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-            })
-        };
+        // HTTP/1.1 and HTTP/2 (and TLS with --tls) until the drain closes;
+        // accept errors such as EMFILE are logged and retried.
+        let accepting = tokio::spawn(async move {
+            let service = hyper::service::service_fn(handle);
+            if let Err(e) = serve(&listener, service, &http).await {
+                tracing::error!(error = %e, "the listening socket failed");
+            }
+        });
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
         let outcome = signals
             .run(
@@ -209,6 +223,21 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     rt.shutdown_timeout(Duration::from_millis(100));
     drop(ballast);
     Ok(())
+}
+
+/// The TLS acceptor: the PEM files, or a self-signed certificate.
+fn tls_acceptor(
+    files: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<TlsAcceptor, Box<dyn std::error::Error>> {
+    if let Some((cert, key)) = files {
+        return Ok(TlsAcceptor::from_pem_files(cert, key)?);
+    }
+    let made =
+        rcgen::generate_simple_self_signed(["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    Ok(TlsAcceptor::from_pem(
+        made.cert.pem().as_bytes(),
+        made.signing_key.serialize_pem().as_bytes(),
+    )?)
 }
 
 #[allow(dead_code)]

@@ -67,9 +67,12 @@
 //! **Tokio** (feature `tokio`): the same [`Listener`] wraps
 //! `tokio::net::TcpListener` and `UnixListener`, with a cancel-safe `async`
 //! accept; `Drain::wait_async` and `Drain::closed` are the async
-//! counterparts. **HTTP** (feature `hyper`): `http::serve_connection`
-//! serves an HTTP/1.1 keep-alive connection so that draining loses no
-//! request.
+//! counterparts. **HTTP** (feature `hyper`): `http::serve` and
+//! `http::serve_connection_auto` serve HTTP/1.1 (keep-alive and upgraded
+//! connections) and HTTP/2 (with the two-step GOAWAY) so that draining loses
+//! no request; `http::tower` (feature `tower`) serves an `axum::Router` or a
+//! tonic service that way. **TLS** (feature `tls`): `tls::TlsAcceptor`,
+//! rustls with ALPN `h2` and `http/1.1`.
 
 use std::fmt;
 use std::io;
@@ -81,6 +84,8 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "hyper")]
 pub mod http;
 mod listener;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod tracked;
 
 pub use listener::{Incoming, Listener};

@@ -168,6 +168,7 @@ mod tokio_impls {
     use super::Tracked;
 
     impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+        #[inline]
         fn poll_read(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -178,6 +179,7 @@ mod tokio_impls {
     }
 
     impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+        #[inline]
         fn poll_write(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -186,6 +188,7 @@ mod tokio_impls {
             Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
         }
 
+        #[inline]
         fn poll_write_vectored(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -194,14 +197,17 @@ mod tokio_impls {
             Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
         }
 
+        #[inline]
         fn is_write_vectored(&self) -> bool {
             self.stream.is_write_vectored()
         }
 
+        #[inline]
         fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.get_mut().stream).poll_flush(cx)
         }
 
+        #[inline]
         fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
         }
