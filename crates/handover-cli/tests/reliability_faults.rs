@@ -142,7 +142,8 @@ fn a_generation_that_crashes_right_after_ready_loses_only_what_it_held() {
         "the crashed generation answered"
     );
 
-    // The log says what happened and why.
+    // The log says what happened at once, and why once the generation is
+    // gone (its last stderr lines may come after its exit).
     let line = h
         .log()
         .lines()
@@ -151,9 +152,11 @@ fn a_generation_that_crashes_right_after_ready_loses_only_what_it_held() {
         .to_string();
     assert!(line.contains(&format!("pid={crashed}")), "{line}");
     assert!(line.contains("code 4"), "{line}");
+    let gone_line = h.wait_log("the crashed generation is gone", Duration::from_secs(30));
+    assert!(gone_line.contains(&format!("pid={crashed}")), "{gone_line}");
     assert!(
-        line.contains("crashing on purpose right after READY=1"),
-        "the stderr tail is missing: {line}"
+        gone_line.contains("crashing on purpose right after READY=1"),
+        "the stderr tail is missing: {gone_line}"
     );
     let status = h.wait_status(Duration::from_secs(10));
     assert_eq!(status["restarts"], 1, "{status}");

@@ -1752,9 +1752,10 @@ impl Machine {
             }
             GenState::Current { since } => {
                 let uptime = now.since(since);
+                // Its last stderr lines are logged once the generation is
+                // gone (its pipe closed): they may still be on their way.
                 tracing::error!(
                     generation = id, pid, status = %status, uptime = ?uptime,
-                    stderr = %g.tail(5), cause = %g.cause_not_in_tail(5).join("\n"),
                     "the current generation died on its own; starting a new one"
                 );
                 self.crashed(now, id, pid, status, uptime, out);
@@ -1920,9 +1921,12 @@ impl Machine {
                 tracing::info!(generation = id, pid = g.pid, status = %status, "old generation is gone")
             }
             EndReason::Crashed => {
-                tracing::info!(
+                tracing::error!(
                     generation = id,
                     pid = g.pid,
+                    status = %status,
+                    stderr = %g.tail(5),
+                    cause = %g.cause_not_in_tail(5).join("\n"),
                     "the crashed generation is gone, with every process of its group"
                 )
             }

@@ -253,15 +253,18 @@ impl Handover {
         self.stderr.lock().unwrap().join("\n")
     }
 
-    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        while !self
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(needle))
-        {
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
             assert!(
                 Instant::now() < deadline,
                 "no log line with {needle:?}:\n{}",
