@@ -29,9 +29,11 @@ pub mod child;
 pub mod drain;
 pub mod notify;
 pub mod pass;
+mod pidfile;
 pub mod process;
 pub mod reexec;
 pub mod socket;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 pub mod upgrade;

@@ -32,8 +32,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The longest socket path Linux accepts (`sun_path` is 108 bytes with NUL).
-pub const MAX_PATH_LEN: usize = 107;
+use crate::socket::MAX_UNIX_PATH as MAX_PATH_LEN;
 
 /// The largest message [`NotifySocket`] reads; longer ones are an error.
 pub const MAX_MESSAGE_LEN: usize = 4096;

@@ -60,6 +60,24 @@ impl ExitStatus {
     }
 }
 
+impl From<std::process::ExitStatus> for ExitStatus {
+    /// The status of a process waited for with std (or with
+    /// [`Process::wait`](crate::process::Process::wait)).
+    fn from(status: std::process::ExitStatus) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(code) = status.code() {
+            ExitStatus::Code(code)
+        } else if let Some(signal) = status.signal() {
+            ExitStatus::Signaled {
+                signal: Signal::from_reported(signal),
+                core_dumped: status.core_dumped(),
+            }
+        } else {
+            ExitStatus::Unknown
+        }
+    }
+}
+
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -131,5 +149,13 @@ mod tests {
         };
         assert_eq!(exit.to_string(), "was killed by SIGTERM (as requested)");
         assert_eq!(ExitStatus::Code(3).to_string(), "exited with code 3");
+        use std::os::unix::process::ExitStatusExt;
+        let std = |raw| ExitStatus::from(std::process::ExitStatus::from_raw(raw));
+        assert_eq!(std(3 << 8), ExitStatus::Code(3));
+        assert_eq!(std(9).to_string(), "was killed by SIGKILL");
+        assert_eq!(
+            std(11 | 0x80).to_string(),
+            "was killed by SIGSEGV (core dumped)"
+        );
     }
 }

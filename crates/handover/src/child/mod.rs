@@ -128,7 +128,7 @@ use rustix::process::Pid;
 use crate::activation::Activation;
 use crate::process::{Command, SpawnError};
 
-use future::background;
+use crate::sync::{Event, Wait, background};
 use supervise::{Shared, State};
 
 /// One supervised child process. See the [module docs](self).
@@ -217,6 +217,7 @@ pub(super) fn spawn(
                 config: thread_config,
                 state: Mutex::new(State::default()),
                 changed: Condvar::new(),
+                ended: Arc::new(Event::new()),
                 sequence: Mutex::new(()),
             });
             let (stdin, stdout, stderr) =
@@ -337,7 +338,7 @@ impl Child {
     /// [`Child::reload`] for async code (any runtime).
     pub fn reload_async(&self) -> impl Future<Output = Result<(), ChildError>> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        background(move || shared.reload())
+        background("handover-child-kill", move || shared.reload())
     }
 
     /// Ends the child: a random splay (none if it has already ended), the
@@ -353,7 +354,9 @@ impl Child {
     /// on a thread of its own and completes even if the future is dropped.
     pub fn kill_async(&self) -> impl Future<Output = Exit> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        background(move || shared.terminate(false, false))
+        background("handover-child-kill", move || {
+            shared.terminate(false, false)
+        })
     }
 
     /// [`Child::kill`], and [`Report::Stopped`] instead of a report, unless
@@ -373,13 +376,13 @@ impl Child {
     /// if the future is dropped.
     pub fn stop_async(&self) -> impl Future<Output = Exit> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        background(move || shared.terminate(false, true))
+        background("handover-child-kill", move || shared.terminate(false, true))
     }
 
     /// [`Child::stop_immediately`] for async code (any runtime).
     pub fn stop_immediately_async(&self) -> impl Future<Output = Exit> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        background(move || shared.terminate(true, true))
+        background("handover-child-kill", move || shared.terminate(true, true))
     }
 
     /// A future of the report (for any runtime). Every such future resolves
@@ -387,7 +390,7 @@ impl Child {
     pub fn exit(&self) -> ExitFuture {
         ExitFuture {
             shared: Arc::clone(&self.shared),
-            id: None,
+            wait: Wait::new(Arc::clone(&self.shared.ended)),
         }
     }
 

@@ -4,12 +4,13 @@
 //! `SIGKILL` to the group) and the execution timeout.
 
 use std::io;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::process::{Pid, WaitId, WaitIdOptions, WaitOptions};
+
+use crate::sync::Event;
 
 use super::{ChildConfig, ChildError, Exit, ExitStatus, Report, Signal, group};
 
@@ -43,8 +44,6 @@ pub(super) struct State {
     pub(super) hurry: bool,
     /// The leader exited on its own while other members of its group lived.
     pub(super) leftovers: bool,
-    pub(super) wakers: Vec<(u64, Waker)>,
-    pub(super) next_waker: u64,
 }
 
 pub(super) struct Shared {
@@ -54,6 +53,8 @@ pub(super) struct Shared {
     pub(super) config: ChildConfig,
     pub(super) state: Mutex<State>,
     pub(super) changed: Condvar,
+    /// Set with the report when the child has ended: what [`ExitFuture`](super::ExitFuture)s await.
+    pub(super) ended: Arc<Event<Report>>,
     /// Serializes kill sequences (kill, stop, the execution timeout).
     pub(super) sequence: Mutex<()>,
 }
@@ -160,9 +161,7 @@ impl Shared {
             Report::Exited(_) => tracing::warn!(label = %self.label, pid = self.pid_u32(),
                 status = %status, "child ended on its own"),
         }
-        for (_, waker) in st.wakers.drain(..) {
-            waker.wake();
-        }
+        self.ended.set(report);
         self.changed.notify_all();
     }
 

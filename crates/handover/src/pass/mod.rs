@@ -121,7 +121,7 @@
 //!
 //! Limits: [`MAX_FDS_PER_MESSAGE`], [`MAX_FDS_PER_RECORD`],
 //! [`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_VALUE_LEN`], and
-//! [`MAX_PATH_LEN`] for the socket path.
+//! [`MAX_UNIX_PATH`](crate::socket::MAX_UNIX_PATH) for the socket path.
 //!
 //! A session of one record with one descriptor and metadata `name=http`:
 //!
@@ -179,8 +179,6 @@ pub const MAX_META_LEN: usize = 64 * 1024;
 pub const MAX_KEY_LEN: usize = 255;
 /// Longest value of a [`Meta`], in bytes.
 pub const MAX_VALUE_LEN: usize = 65_535;
-/// Longest Unix socket path, in bytes (`sun_path` is 108 bytes with its NUL).
-pub const MAX_PATH_LEN: usize = 107;
 
 /// Errors of descriptor passing.
 #[derive(Debug, thiserror::Error)]
@@ -773,7 +771,7 @@ impl fmt::Debug for Peers {
 pub(crate) fn check_path(path: &std::path::Path) -> Result<(), PassError> {
     use std::os::unix::ffi::OsStrExt;
     let len = path.as_os_str().as_bytes().len();
-    if len > MAX_PATH_LEN {
+    if len > crate::socket::MAX_UNIX_PATH {
         return Err(PassError::PathTooLong {
             path: path.to_path_buf(),
             len,

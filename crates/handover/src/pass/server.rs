@@ -5,8 +5,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use crate::socket::{UnixPath, probe_unix_path};
+use crate::sync::Event;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -320,8 +323,8 @@ impl Session<'_> {
 struct StopState {
     efd: OwnedFd,
     requested: AtomicBool,
-    closed: Mutex<bool>,
-    cv: Condvar,
+    /// Set once the socket is closed and its file removed.
+    closed: Event<()>,
 }
 
 /// Stops a [`Server`] from another thread, or from a handler.
@@ -343,8 +346,7 @@ impl Stopper {
         Ok(Stopper(Arc::new(StopState {
             efd,
             requested: AtomicBool::new(false),
-            closed: Mutex::new(false),
-            cv: Condvar::new(),
+            closed: Event::new(),
         })))
     }
 
@@ -362,13 +364,7 @@ impl Stopper {
     /// is closed and its file removed. Returns whether it was.
     pub fn stop_and_wait(&self, timeout: Duration) -> bool {
         self.stop();
-        let closed = self.0.closed.lock().unwrap_or_else(PoisonError::into_inner);
-        let (closed, _) = self
-            .0
-            .cv
-            .wait_timeout_while(closed, timeout, |c| !*c)
-            .unwrap_or_else(PoisonError::into_inner);
-        *closed
+        self.0.closed.wait_timeout(timeout).is_some()
     }
 
     /// Whether a stop was requested.
@@ -377,8 +373,7 @@ impl Stopper {
     }
 
     fn mark_closed(&self) {
-        *self.0.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.0.cv.notify_all();
+        self.0.closed.set(());
     }
 }
 
@@ -429,31 +424,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-enum Probe {
-    Live,
-    Stale,
-    Gone,
-}
-
-fn probe(path: &Path, addr: &SocketAddrUnix) -> Result<Probe, PassError> {
-    let s = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .map_err(|e| PassError::io("creating a Unix socket", e))?;
-    match rustix::net::connect(&s, addr) {
-        Ok(()) | Err(Errno::AGAIN) | Err(Errno::INPROGRESS) => Ok(Probe::Live),
-        Err(Errno::CONNREFUSED) => Ok(Probe::Stale),
-        Err(Errno::NOENT) => Ok(Probe::Gone),
-        Err(e) => Err(PassError::io(
-            format!("connecting to {path:?} to check whether a server is still running there"),
-            e,
-        )),
-    }
-}
-
 impl Server {
     /// Creates the socket file at `path` (mode `0600`) and listens on it.
     ///
@@ -479,14 +449,23 @@ impl Server {
             match rustix::net::bind(&sock, &addr) {
                 Ok(()) => {}
                 Err(Errno::ADDRINUSE) => {
-                    match probe(path, &addr)? {
-                        Probe::Live => {
+                    let probed = probe_unix_path(path).map_err(|e| {
+                        PassError::io(
+                            format!(
+                                "connecting to {path:?} to check whether a server is still \
+                                 running there"
+                            ),
+                            e,
+                        )
+                    })?;
+                    match probed {
+                        UnixPath::Live => {
                             return Err(PassError::AlreadyServing {
                                 path: path.to_path_buf(),
                             });
                         }
-                        Probe::Gone => {}
-                        Probe::Stale => {
+                        UnixPath::Missing => {}
+                        UnixPath::Refused => {
                             let st = rustix::fs::lstat(path);
                             if let Ok(st) = st
                                 && rustix::fs::FileType::from_raw_mode(st.st_mode)

@@ -54,16 +54,16 @@ mod spawn;
 
 pub use error::SpawnError;
 pub use handle::Process;
-pub(crate) use spawn::spawn;
+pub(crate) use spawn::{find_executable, spawn};
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// The variables of socket activation, never inherited (see the module
-/// docs); `activation` sets them for the descriptors it passes.
-const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+// The variables of socket activation, never inherited (see the module
+// docs); `activation` sets them for the descriptors it passes.
+use crate::sys::LISTEN_VARS;
 
 /// The `PATH` searched when the new process's environment has none (glibc's
 /// `execvp` default).

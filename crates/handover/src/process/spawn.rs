@@ -12,8 +12,13 @@ use super::error::explain;
 use super::{Command, DEFAULT_PATH, Extra, Process, SpawnError, StdioKind};
 use crate::sys::spawn::{self as raw_spawn, Request};
 
-/// The paths `execvp` would try for `program`, with the `PATH` given.
-fn candidates(program: &OsStr, path_var: &OsStr) -> Vec<PathBuf> {
+/// The paths `execvp` would try for `program`, in order, with the `PATH`
+/// given: `program` itself when it contains a `/`, else `program` in each
+/// directory of `PATH` (an empty entry is the working directory, `.`).
+///
+/// The crate's one `PATH` search: [`spawn`] tries these in the new process,
+/// and [`find_executable`] picks the first that is an executable file.
+pub(crate) fn candidates(program: &OsStr, path_var: &OsStr) -> Vec<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return vec![PathBuf::from(program)];
     }
@@ -25,6 +30,19 @@ fn candidates(program: &OsStr, path_var: &OsStr) -> Vec<PathBuf> {
             Path::new(OsStr::from_bytes(dir)).join(program)
         })
         .collect()
+}
+
+/// The file `execvp` would most likely run for `program`: the first of
+/// [`candidates`] that is an executable regular file, made absolute against
+/// `cwd`. `None` when there is none.
+pub(crate) fn find_executable(program: &OsStr, path_var: &OsStr, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    candidates(program, path_var)
+        .into_iter()
+        .map(|c| cwd.join(c))
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Starts `cmd` with what `extra` adds; see [`Command::spawn`].
@@ -163,5 +181,17 @@ mod tests {
         );
         let c = candidates(OsStr::new("./x/srv"), OsStr::new("/a"));
         assert_eq!(c, [PathBuf::from("./x/srv")]);
+        let sh = find_executable(
+            OsStr::new("sh"),
+            OsStr::new("/nonexistent:/bin:/usr/bin"),
+            Path::new("/"),
+        );
+        assert!(sh.is_some_and(|p| p.is_absolute() && p.ends_with("sh")));
+        let cwd = find_executable(OsStr::new("sh"), OsStr::new(":"), Path::new("/bin"));
+        assert_eq!(cwd.as_deref(), Some(Path::new("/bin/./sh")));
+        assert_eq!(
+            find_executable(OsStr::new("sh"), OsStr::new("/nonexistent"), Path::new("/")),
+            None
+        );
     }
 }

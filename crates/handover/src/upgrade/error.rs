@@ -5,8 +5,10 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::READY_FD_NAME;
 use crate::activation::ActivationError;
 use crate::address::AddressError;
+use crate::child::ExitStatus;
 use crate::notify::NotifyError;
 use crate::process::SpawnError;
 use crate::socket::ConvertError;
@@ -30,7 +32,7 @@ pub enum UpgradeError {
         #[source]
         source: ConvertError,
     },
-    /// Talking to systemd failed.
+    /// Talking to the service manager (systemd) failed.
     #[error(transparent)]
     Notify(#[from] NotifyError),
     /// An upgrade is running.
@@ -79,14 +81,25 @@ pub enum UpgradeError {
     },
     /// The new process ended before it was ready.
     #[error(
-        "the new process (pid {pid}) {how} before it was ready; this process keeps serving. Run \
-         the new version by hand to see why"
+        "the new process (pid {pid}) {status} before it was ready; this process keeps serving. \
+         Run the new version by hand to see why"
     )]
     ExitedEarly {
         /// Its pid.
         pid: u32,
-        /// "exited with code 3", "was killed by signal 11 (SIGSEGV)", ...
-        how: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The new process closed its end of the readiness pipe without being
+    /// ready (it has been killed).
+    #[error(
+        "the new process (pid {pid}) closed its readiness pipe ({READY_FD_NAME:?}) before it \
+         was ready, so it was killed; this process keeps serving. Expected the new version to \
+         keep its inherited descriptors open until it calls ready()"
+    )]
+    ReadyPipeClosed {
+        /// Its pid.
+        pid: u32,
     },
     /// The new process did not become ready in time.
     #[error(

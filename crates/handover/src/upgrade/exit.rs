@@ -1,60 +1,23 @@
 //! [`ExitSignal`]: resolves when a successor is ready.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::Inner;
+use crate::sync::Wait;
 
-/// A one-shot event: set once, waited on by threads or futures.
-#[derive(Default)]
-pub(super) struct Event {
-    /// Whether it is set; the wakers of pending futures by their id; the
-    /// next id.
-    state: Mutex<(bool, BTreeMap<u64, Waker>, u64)>,
-    cond: Condvar,
-}
-
-impl Event {
-    /// The state; a panic elsewhere while holding the lock leaves it
-    /// consistent (every update is one assignment), so poisoning is ignored.
-    fn lock(&self) -> MutexGuard<'_, (bool, BTreeMap<u64, Waker>, u64)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn set(&self) {
-        let mut s = self.lock();
-        s.0 = true;
-        for (_, w) in std::mem::take(&mut s.1) {
-            w.wake();
-        }
-        self.cond.notify_all();
-    }
-
-    fn is_set(&self) -> bool {
-        self.lock().0
-    }
-
-    pub(super) fn next_id(&self) -> u64 {
-        let mut s = self.lock();
-        s.2 += 1;
-        s.2
-    }
-}
-
-/// Resolves when a successor is ready; from [`Upgrader::exit`].
+/// Resolves when a successor is ready; from [`Upgrader::exit`](super::Upgrader::exit).
+///
+/// Await it (any async runtime), or block with [`wait`](ExitSignal::wait).
 pub struct ExitSignal {
-    pub(super) inner: Arc<Inner>,
-    pub(super) id: u64,
+    pub(super) wait: Wait<()>,
 }
 
 impl std::fmt::Debug for ExitSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExitSignal")
-            .field("set", &self.inner.exit.is_set())
+            .field("set", &self.is_set())
             .finish()
     }
 }
@@ -62,27 +25,17 @@ impl std::fmt::Debug for ExitSignal {
 impl ExitSignal {
     /// Blocks until a successor is ready.
     pub fn wait(&self) {
-        let ev = &self.inner.exit;
-        let mut s = ev.lock();
-        while !s.0 {
-            s = ev.cond.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
+        self.wait.event().wait()
     }
 
     /// Blocks up to `timeout`; `true` when a successor is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let ev = &self.inner.exit;
-        let s = ev.lock();
-        let (s, _) = ev
-            .cond
-            .wait_timeout_while(s, timeout, |s| !s.0)
-            .unwrap_or_else(|e| e.into_inner());
-        s.0
+        self.wait.event().wait_timeout(timeout).is_some()
     }
 
     /// Whether a successor is ready.
     pub fn is_set(&self) -> bool {
-        self.inner.exit.is_set()
+        self.wait.event().is_set()
     }
 }
 
@@ -90,19 +43,6 @@ impl Future for ExitSignal {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut s = self.inner.exit.lock();
-        if s.0 {
-            s.1.remove(&self.id);
-            return Poll::Ready(());
-        }
-        s.1.insert(self.id, cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl Drop for ExitSignal {
-    fn drop(&mut self) {
-        let mut s = self.inner.exit.lock();
-        s.1.remove(&self.id);
+        Pin::new(&mut self.get_mut().wait).poll(cx)
     }
 }

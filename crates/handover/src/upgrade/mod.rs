@@ -63,7 +63,6 @@
 mod error;
 mod exit;
 mod options;
-mod pidfile;
 #[cfg(feature = "tokio")]
 mod run;
 mod successor;
@@ -88,9 +87,9 @@ use crate::notify::{Notifier, State as NotifyState};
 use crate::process::{Command, Process};
 use crate::socket::{ConvertError, FdKind, FromFd};
 
-use exit::Event;
-use pidfile::write_pid_file;
-use successor::{WaitError, describe_exit, poll_in, resolve_executable, wait_ready};
+use crate::pidfile;
+use crate::sync::{Event, Wait};
+use successor::{WaitError, poll_in, resolve_executable, wait_ready};
 
 /// The name of the inherited fd that carries readiness from a new process
 /// to the one that started it.
@@ -128,7 +127,7 @@ struct Inner {
     parent: Option<u32>,
     notifier: Notifier,
     state: Mutex<State>,
-    exit: Event,
+    exit: Arc<Event<()>>,
 }
 
 /// Re-executes this program with its sockets; see the [module docs](self).
@@ -197,7 +196,7 @@ impl Upgrader {
                     successor: None,
                     stopped: false,
                 }),
-                exit: Event::default(),
+                exit: Arc::new(Event::new()),
             }),
         })
     }
@@ -344,7 +343,10 @@ impl Upgrader {
             return Ok(());
         }
         if let Some(p) = &self.inner.options.pid_file {
-            write_pid_file(p, std::process::id())?;
+            pidfile::write(p, std::process::id()).map_err(|source| UpgradeError::PidFile {
+                path: p.clone(),
+                source,
+            })?;
         }
         let unused = std::mem::take(&mut st.inherited).into_remaining();
         for (name, fd) in unused {
@@ -433,7 +435,7 @@ impl Upgrader {
                 {
                     tracing::warn!(error = %e, "could not tell the supervisor about the new main pid");
                 }
-                self.inner.exit.set();
+                self.inner.exit.set(());
             }
             Err(e) => {
                 drop(st);
@@ -441,11 +443,8 @@ impl Upgrader {
                 // The new process may have written the pid file before it
                 // failed: it names this process again.
                 if let Some(p) = &self.inner.options.pid_file
-                    && std::fs::read_to_string(p)
-                        .ok()
-                        .map(|s| s.trim().to_string())
-                        != Some(std::process::id().to_string())
-                    && let Err(e) = write_pid_file(p, std::process::id())
+                    && !pidfile::names(p, std::process::id())
+                    && let Err(e) = pidfile::write(p, std::process::id())
                 {
                     tracing::warn!(error = %e, "could not restore the pid file");
                 }
@@ -512,15 +511,17 @@ impl Upgrader {
             }
             Ok(false) => {
                 // EOF: it exited, or closed the pipe without being ready.
-                let how = match child.wait_timeout(Duration::from_secs(2)).ok().flatten() {
-                    Some(status) => describe_exit(status),
+                match child.wait_timeout(Duration::from_secs(2)).ok().flatten() {
+                    Some(status) => Err(UpgradeError::ExitedEarly {
+                        pid,
+                        status: status.into(),
+                    }),
                     None => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        "closed its readiness pipe".to_string()
+                        Err(UpgradeError::ReadyPipeClosed { pid })
                     }
-                };
-                Err(UpgradeError::ExitedEarly { pid, how })
+                }
             }
             Err(WaitError::Timeout) => {
                 let _ = child.kill();
@@ -557,8 +558,7 @@ impl Upgrader {
     /// and exit. Await it, or call [`ExitSignal::wait`] to block.
     pub fn exit(&self) -> ExitSignal {
         ExitSignal {
-            inner: self.inner.clone(),
-            id: self.inner.exit.next_id(),
+            wait: Wait::new(Arc::clone(&self.inner.exit)),
         }
     }
 
@@ -618,10 +618,8 @@ impl Upgrader {
             }
         }
         drop(st);
-        if let Some(p) = &self.inner.options.pid_file
-            && std::fs::read_to_string(p).is_ok_and(|s| s.trim() == std::process::id().to_string())
-        {
-            let _ = std::fs::remove_file(p);
+        if let Some(p) = &self.inner.options.pid_file {
+            pidfile::remove_if_names(p, std::process::id());
         }
         let _ = self.inner.notifier.notify(&[NotifyState::Stopping]);
     }

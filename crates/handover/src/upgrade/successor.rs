@@ -4,46 +4,26 @@
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
-/// How this program was started, to start it again the same way.
+/// How this program was started, to start it again the same way: `argv[0]`
+/// made absolute against `cwd`, or found in `PATH` (with the crate's one
+/// `PATH` search, [`crate::process::find_executable`]); the running binary
+/// when neither finds it.
 pub(super) fn resolve_executable(argv0: &OsString, cwd: &Path) -> PathBuf {
     let p = Path::new(argv0);
     if argv0.as_encoded_bytes().contains(&b'/') {
-        return if p.is_absolute() {
-            p.to_owned()
-        } else {
-            cwd.join(p)
-        };
+        return cwd.join(p);
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = if dir.as_os_str().is_empty() {
-                cwd.join(p)
-            } else {
-                dir.join(p)
-            };
-            if is_executable(&candidate) {
-                return if candidate.is_absolute() {
-                    candidate
-                } else {
-                    cwd.join(candidate)
-                };
-            }
-        }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(found) = crate::process::find_executable(argv0, &path, cwd) {
+        return found;
     }
     // Not found by name: the running binary (does not follow a swapped file).
     std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| p.to_owned())
-}
-
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 pub(super) enum WaitError {
@@ -98,21 +78,6 @@ pub(super) fn poll_in(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> io:
     }
 }
 
-/// "exited with code 3", "was killed by signal 9 (SIGKILL)".
-pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(code) = status.code() {
-        format!("exited with code {code}")
-    } else if let Some(sig) = status.signal() {
-        let name = rustix::process::Signal::from_named_raw(sig)
-            .map(|s| format!(" ({s:?})"))
-            .unwrap_or_default();
-        format!("was killed by signal {sig}{name}")
-    } else {
-        format!("ended ({status})")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,16 +98,5 @@ mod tests {
             resolve_executable(&"sh".into(), cwd).file_name().unwrap(),
             "sh"
         );
-    }
-
-    #[test]
-    fn exit_descriptions() {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            describe_exit(std::process::ExitStatus::from_raw(3 << 8)),
-            "exited with code 3"
-        );
-        let d = describe_exit(std::process::ExitStatus::from_raw(9));
-        assert!(d.starts_with("was killed by signal 9"), "{d}");
     }
 }
