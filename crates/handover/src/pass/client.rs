@@ -69,8 +69,8 @@ fn connect(
     deadline: Deadline,
 ) -> Result<UnixStream, PassError> {
     check_path(path)?;
-    let addr = SocketAddrUnix::new(path)
-        .map_err(|e| PassError::io(format!("socket address {path:?}"), e))?;
+    let addr =
+        SocketAddrUnix::new(path).map_err(|e| PassError::io_at("socket address", path, e))?;
     let give_up = (Instant::now() + opts.connect_timeout).min(deadline.at);
     loop {
         let s = rustix::net::socket_with(
@@ -97,7 +97,7 @@ fn connect(
                     source: e.into(),
                 });
             }
-            Err(e) => return Err(PassError::io(format!("connecting to {path:?}"), e)),
+            Err(e) => return Err(PassError::io_at("connecting to", path, e)),
         }
     }
 }

@@ -139,12 +139,7 @@ impl<F: AsFd + Send + Sync + 'static> Handler for ListenerHandler<F> {
                 | FdKind::UnixSeqpacket { listening: true }
         );
         if !ok {
-            return Err(PassError::Usage {
-                problem: format!(
-                    "the listener handler expected a listening socket (TCP or Unix) or a UDP \
-                     socket, found {kind}: use pass::file or pass::fds for other descriptors"
-                ),
-            });
+            return Err(PassError::NotAListener { found: kind });
         }
         session.send(&[self.fd.as_fd()], &self.meta)
     }
@@ -171,12 +166,7 @@ impl<F: AsFd + Send + Sync + 'static> Handler for FileHandler<F> {
         let kind = FdKind::of(self.fd.as_fd())
             .map_err(|e| PassError::io("inspecting the descriptor to send", e))?;
         if kind.is_socket() {
-            return Err(PassError::Usage {
-                problem: format!(
-                    "the file handler expected a file, pipe or device, found {kind}: use \
-                     pass::listener for listening sockets or pass::fds for any descriptor"
-                ),
-            });
+            return Err(PassError::NotAFile { found: kind });
         }
         session.send(&[self.fd.as_fd()], &self.meta)
     }
@@ -308,8 +298,9 @@ impl Session<'_> {
         if self.stopper.stop_and_wait(Duration::from_secs(5)) {
             Ok(())
         } else {
-            Err(PassError::Usage {
-                problem: "the server did not stop accepting within 5 s".into(),
+            Err(PassError::Timeout {
+                waiting_for: "the server to stop accepting",
+                after: Duration::from_secs(5),
             })
         }
     }
@@ -436,8 +427,8 @@ impl Server {
     pub fn bind(path: impl AsRef<Path>) -> Result<Server, PassError> {
         let path = path.as_ref();
         check_path(path)?;
-        let addr = SocketAddrUnix::new(path)
-            .map_err(|e| PassError::io(format!("socket address {path:?}"), e))?;
+        let addr =
+            SocketAddrUnix::new(path).map_err(|e| PassError::io_at("socket address", path, e))?;
         for _ in 0..3 {
             let sock = rustix::net::socket_with(
                 AddressFamily::UNIX,
@@ -450,11 +441,9 @@ impl Server {
                 Ok(()) => {}
                 Err(Errno::ADDRINUSE) => {
                     let probed = probe_unix_path(path).map_err(|e| {
-                        PassError::io(
-                            format!(
-                                "connecting to {path:?} to check whether a server is still \
-                                 running there"
-                            ),
+                        PassError::io_at(
+                            "connecting to check whether a server is still running at",
+                            path,
                             e,
                         )
                     })?;
@@ -479,8 +468,9 @@ impl Server {
                             match rustix::fs::unlink(path) {
                                 Ok(()) | Err(Errno::NOENT) => {}
                                 Err(e) => {
-                                    return Err(PassError::io(
-                                        format!("removing the stale socket file {path:?}"),
+                                    return Err(PassError::io_at(
+                                        "removing the stale socket file",
+                                        path,
                                         e,
                                     ));
                                 }
@@ -490,33 +480,31 @@ impl Server {
                     continue;
                 }
                 Err(e) => {
-                    return Err(PassError::io(
-                        format!("binding the socket {path:?} (its directory must exist)"),
+                    return Err(PassError::io_at(
+                        "binding the socket (its directory must exist) at",
+                        path,
                         e,
                     ));
                 }
             }
             // Nobody can connect before listen(): tighten the mode first.
             let st = rustix::fs::lstat(path)
-                .map_err(|e| PassError::io(format!("inspecting the new socket {path:?}"), e))?;
+                .map_err(|e| PassError::io_at("inspecting the new socket", path, e))?;
             let bound = Bound {
                 path: path.to_path_buf(),
                 dev: st.st_dev,
                 ino: st.st_ino,
             };
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| PassError::io(format!("setting mode 0600 on {path:?}"), e))?;
+                .map_err(|e| PassError::io_at("setting mode 0600 on", path, e))?;
             rustix::net::listen(&sock, 128)
-                .map_err(|e| PassError::io(format!("listening on {path:?}"), e))?;
+                .map_err(|e| PassError::io_at("listening on", path, e))?;
             let mut server = Server::from_listener(UnixListener::from(sock))?;
             server.bound = Some(bound);
             return Ok(server);
         }
-        Err(PassError::Usage {
-            problem: format!(
-                "could not bind {path:?}: another process keeps creating a socket there; stop it \
-                 or pick another path"
-            ),
+        Err(PassError::BindRace {
+            path: path.to_path_buf(),
         })
     }
 
@@ -785,11 +773,7 @@ impl ServerHandle {
 
     fn join_inner(&mut self) -> Result<(), PassError> {
         match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| {
-                Err(PassError::Usage {
-                    problem: "the server thread panicked".into(),
-                })
-            }),
+            Some(t) => t.join().unwrap_or_else(|_| Err(PassError::ServerPanicked)),
             None => Ok(()),
         }
     }
