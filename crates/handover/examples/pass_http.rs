@@ -106,7 +106,7 @@ fn take_over(handoff: &std::path::Path) -> Result<Option<TcpListener>, pass::Pas
     let mut listener = None;
     let result = pass::receive(handoff, |fd, meta| {
         if meta.get("name") == Some("http") {
-            listener = Some(fd.into::<TcpListener>()?);
+            listener = Some(fd.convert::<TcpListener>()?);
         }
         Ok(())
     });

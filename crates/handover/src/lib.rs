@@ -69,6 +69,31 @@ mod sync;
 mod sys;
 pub mod upgrade;
 
+/// Not part of the API: entry points for the fuzz targets (`fuzz/`) and the
+/// property tests, which exercise parsers of outside input directly. May
+/// change or go away in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::activation::env::{EnvVars, parse_env};
+
+    /// The descriptor-passing protocol's sans-IO encoder and decoder.
+    pub mod wire {
+        pub use crate::pass::wire::*;
+    }
+
+    /// Renders `sd_notify` states as the protocol's message text.
+    pub fn render_notify(
+        states: &[crate::notify::State<'_>],
+    ) -> Result<String, crate::notify::NotifyError> {
+        crate::notify::render(states)
+    }
+
+    /// Parses a `NOTIFY_SOCKET` value (an absolute path or `@name`).
+    pub fn parse_notify_socket(value: &std::ffi::OsStr) -> Result<(), crate::notify::NotifyError> {
+        crate::notify::parse_address(value).map(drop)
+    }
+}
+
 /// The Rust snippets of the repository's README, compiled as doc tests so
 /// that they stay correct as written (`cargo test --doc -p handover`).
 #[cfg(doctest)]

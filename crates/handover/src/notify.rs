@@ -140,7 +140,7 @@ pub enum State<'a> {
 }
 
 /// Renders `states` as the protocol's message text.
-pub fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
+pub(crate) fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
     let check = |key: &'static str, v: &str| {
         if v.contains(['\n', '\0']) {
             Err(NotifyError::BadValue {
@@ -188,7 +188,7 @@ pub fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
 }
 
 /// Parses a `NOTIFY_SOCKET` value: an absolute path, or `@name`.
-pub fn parse_address(value: &OsStr) -> Result<SocketAddr, NotifyError> {
+pub(crate) fn parse_address(value: &OsStr) -> Result<SocketAddr, NotifyError> {
     let bad = || NotifyError::BadAddress {
         value: value.to_string_lossy().into_owned(),
     };

@@ -62,14 +62,6 @@ pub enum ChildError {
         #[source]
         source: SpawnError,
     },
-    /// A signal name or number that does not exist.
-    #[error("unknown signal {input:?}: expected a signal name or number; valid names are {valid}")]
-    UnknownSignal {
-        /// What was given.
-        input: String,
-        /// The valid spellings.
-        valid: String,
-    },
     /// A signal could not be sent.
     #[error(
         "cannot send {signal} to `{label}` (pid {pid}): {source}; expected this process to be \

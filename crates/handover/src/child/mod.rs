@@ -114,7 +114,7 @@ pub use config::ChildConfig;
 pub use error::ChildError;
 pub use exit::{Exit, ExitStatus, Report};
 pub use future::ExitFuture;
-pub use signal::{Signal, parse_signal};
+pub use signal::{ParseSignalError, Signal};
 
 use std::fmt;
 use std::future::Future;

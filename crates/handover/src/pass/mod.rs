@@ -14,7 +14,7 @@
 //! let mut listener = None;
 //! match pass::receive("/run/app/handoff.sock", |fd, meta| {
 //!     if meta.get("name") == Some("http") {
-//!         listener = Some(fd.into::<std::net::TcpListener>()?);
+//!         listener = Some(fd.convert::<std::net::TcpListener>()?);
 //!     }
 //!     Ok(())
 //! }) {
@@ -147,7 +147,7 @@ use crate::socket::{ConvertError, FdKind, FromFd};
 mod client;
 mod server;
 mod stream;
-pub mod wire;
+pub(crate) mod wire;
 
 #[cfg(feature = "tokio")]
 pub use client::receive_async;
@@ -920,7 +920,7 @@ pub struct Record {
 
 /// One received descriptor, as handed to a [`receive`] callback.
 ///
-/// Turn it into the type you expect with [`into`](Received::into), which
+/// Turn it into the type you expect with [`convert`](Received::convert), which
 /// checks the descriptor's kind first (see [`FromFd`]).
 #[derive(Debug)]
 pub struct Received {
@@ -952,7 +952,7 @@ impl Received {
     /// Converts into `T` (for example `std::net::TcpListener`,
     /// `tokio::net::UdpSocket`, `std::fs::File`) after checking the kind; on
     /// a wrong kind the error names both, and the descriptor is closed.
-    pub fn into<T: FromFd>(self) -> Result<T, PassError> {
+    pub fn convert<T: FromFd>(self) -> Result<T, PassError> {
         T::from_fd(self.fd).map_err(|source| PassError::Convert {
             record: self.record,
             index: self.index,

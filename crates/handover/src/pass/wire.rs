@@ -10,7 +10,7 @@
 //! [`OwnedFd`]) so a test can feed it tokens that count their own drops.
 //!
 //! ```
-//! use handover::pass::wire::{self, Decoder, Event, Side};
+//! use handover::__private::wire::{self, Decoder, Event, Side};
 //! use handover::pass::{Meta, Metadata, VERSION};
 //!
 //! // What a server writes (a hello, one record with 2 descriptors, END)...
