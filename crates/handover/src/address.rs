@@ -275,6 +275,7 @@ type BeforeBind = Arc<dyn Fn(BorrowedFd<'_>, &Address) -> io::Result<()> + Send 
 /// let second = port.bind(&options).unwrap();
 /// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct BindOptions {
     backlog: i32,
     unix_mode: u32,

@@ -43,7 +43,7 @@
 //! regenerate the list and commit it with the change:
 //!
 //! ```text
-//! RUSTC_BOOTSTRAP=1 cargo public-api -p handover --all-features -ss > crates/handover/public-api.txt
+//! RUSTC_BOOTSTRAP=1 cargo public-api -p handover --all-features -s > crates/handover/public-api.txt
 //! ```
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

@@ -121,15 +121,15 @@ impl fmt::Display for Exit {
     }
 }
 
-/// What [`Child::exit`] and [`Child::wait`] report, once.
+/// What [`Child::exit`](super::Child::exit) and [`Child::wait`](super::Child::wait) report, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Report {
     /// The child ended; how and why.
     Exited(Exit),
-    /// The child was ended by [`Child::stop`] or [`Child::stop_immediately`]
+    /// The child was ended by [`Child::stop`](super::Child::stop) or [`Child::stop_immediately`](super::Child::stop_immediately)
     /// before it ended on its own: nothing to report (the caller of `stop`
-    /// got the [`Exit`], and [`Child::exited`] still has it).
+    /// got the [`Exit`], and [`Child::exited`](super::Child::exited) still has it).
     Stopped,
 }
 

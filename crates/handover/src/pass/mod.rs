@@ -41,7 +41,7 @@
 //! Lower-level pieces: [`Sender`]/[`Receiver`] run one session on a connected
 //! std [`UnixStream`](std::os::unix::net::UnixStream) (and, with the `tokio`
 //! feature, `AsyncSender`/`AsyncReceiver` on a tokio one, and
-//! `receive_async`); [`wire`] encodes and decodes frames without any I/O.
+//! `receive_async`); a sans-IO codec (private) encodes and decodes frames.
 //!
 //! # Security
 //!
@@ -164,11 +164,11 @@ pub use stream::{Receiver, Sender};
 /// The protocol version this module speaks.
 pub const VERSION: u16 = 1;
 /// The first four bytes of each hello.
-pub const MAGIC: [u8; 4] = *b"HOVR";
+pub(crate) const MAGIC: [u8; 4] = *b"HOVR";
 /// Length of the hello.
-pub const HELLO_LEN: usize = 8;
+pub(crate) const HELLO_LEN: usize = 8;
 /// Length of a frame header.
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// Most descriptors one frame may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS_PER_MESSAGE: usize = 253;
 /// Most descriptors one record may carry (spread over frames of 253).
@@ -350,7 +350,7 @@ pub enum PassError {
     /// A record to send has no descriptor.
     #[error("a record must carry at least one descriptor, got none")]
     EmptyRecord,
-    /// [`pass::listener`](listener) was given something other than a
+    /// [`pass::listener`](fn@listener) was given something other than a
     /// listening or UDP socket.
     #[error(
         "the listener handler expected a listening socket (TCP or Unix) or a UDP socket, found \
@@ -360,7 +360,7 @@ pub enum PassError {
         /// What it was given.
         found: FdKind,
     },
-    /// [`pass::file`](file) was given a socket.
+    /// [`pass::file`](fn@file) was given a socket.
     #[error(
         "the file handler expected a file, pipe or device, found {found}: use pass::listener for \
          listening sockets or pass::fds for any descriptor"

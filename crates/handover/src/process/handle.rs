@@ -18,7 +18,7 @@ pub struct Process {
     pub(super) pid: u32,
     pub(super) pidfd: Option<OwnedFd>,
     pub(super) status: Option<ExitStatus>,
-    /// The writing end of its stdin, when it was [`Stdio::piped`].
+    /// The writing end of its stdin, when it was [`Stdio::piped`](super::Stdio::piped).
     pub stdin: Option<ChildStdin>,
     /// The reading end of its stdout, when piped.
     pub stdout: Option<ChildStdout>,
