@@ -1,22 +1,34 @@
 //! A server that re-executes itself with zero downtime.
 //!
-//! The API is four calls, in the spirit of tableflip:
+//! Four calls do the work, in the spirit of tableflip:
 //!
 //! - [`Upgrader::listen`]: the socket inherited from the predecessor under a
-//!   name, or a freshly bound one when there is none;
+//!   name, or a freshly bound one when there is none (bound with
+//!   [`Options::bind_options`]: backlog, `SO_REUSEPORT`, `IPV6_V6ONLY`, or a
+//!   hook for any option, set before `bind`);
 //! - [`Upgrader::ready`]: this process is serving (tell the parent, write the
 //!   pid file, tell systemd);
 //! - [`Upgrader::upgrade`]: start the program again with every registered
 //!   socket and wait until it is ready — or roll back if it exits or times
-//!   out, and go on serving as if nothing happened;
+//!   out, and go on serving as if nothing happened. It blocks for up to
+//!   [`Options::ready_timeout`] (60 s by default): call it from a thread of
+//!   its own, or `upgrade_async` (feature `tokio`);
 //! - [`Upgrader::exit`]: resolves when a successor is ready: stop accepting,
 //!   drain, exit.
+//!
+//! The rest is optional: [`add_fd`](Upgrader::add_fd) and
+//! [`fd`](Upgrader::fd) pass other descriptors on, [`stop`](Upgrader::stop)
+//! cleans up after a final stop, [`wait_for_parent`](Upgrader::wait_for_parent)
+//! waits for the old process to be gone, and a few queries
+//! ([`is_upgrade`](Upgrader::is_upgrade), [`executable`](Upgrader::executable),
+//! [`successor`](Upgrader::successor)). With the `tokio` feature,
+//! `Upgrader::run` is the whole loop: signals, upgrade, drain.
 //!
 //! ```no_run
 //! use handover::address::Address;
 //! use handover::upgrade::{Options, Upgrader};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let upgrader = Upgrader::new(Options::default())?;
+//! let upgrader = Upgrader::new(Options::new())?;
 //! let addr: Address = "tcp://127.0.0.1:8080".parse()?;
 //! let listener: std::net::TcpListener = upgrader.listen("http", &addr)?;
 //! // ... start serving on `listener` ...

@@ -29,9 +29,7 @@ pub struct RunOutcome {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RunOptions {
-    /// How long to wait for open connections when exiting (default 30 s);
-    /// the seed's "term timeout".
-    pub drain_timeout: Duration,
+    drain_timeout: Duration,
 }
 
 impl Default for RunOptions {
@@ -43,7 +41,12 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
-    /// Sets the drain timeout.
+    /// The defaults.
+    pub fn new() -> RunOptions {
+        RunOptions::default()
+    }
+
+    /// How long to wait for open connections when exiting (default 30 s).
     pub fn drain_timeout(mut self, t: Duration) -> Self {
         self.drain_timeout = t;
         self
