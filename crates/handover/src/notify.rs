@@ -43,8 +43,9 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 pub enum NotifyError {
     /// `NOTIFY_SOCKET` (or an address given) is not a socket address.
     #[error(
-        "NOTIFY_SOCKET={value:?} is not valid: expected an absolute socket path (at most 107 \
-         bytes) or @name for the abstract namespace. Fix the supervisor's setting, or unset it"
+        "NOTIFY_SOCKET={value:?} is not valid: expected an absolute socket path (at most \
+         {MAX_PATH_LEN} bytes) or @name for the abstract namespace. Fix the supervisor's \
+         setting, or unset it"
     )]
     BadAddress {
         /// The rejected value.

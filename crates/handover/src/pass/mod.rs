@@ -186,8 +186,9 @@ pub const MAX_VALUE_LEN: usize = 65_535;
 pub enum PassError {
     /// The socket path does not fit in `sun_path`.
     #[error(
-        "socket path {path:?} is {len} bytes long, but a Unix socket path can be at most 107 \
-         bytes: pick a shorter directory"
+        "socket path {path:?} is {len} bytes long, but a Unix socket path can be at most {max} \
+         bytes: pick a shorter directory",
+        max = crate::socket::MAX_UNIX_PATH
     )]
     PathTooLong {
         /// The path.
