@@ -6,7 +6,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use handover::activation::{EnvVars, is_valid_name, parse_env};
+use handover::__private::{EnvVars, parse_env};
+use handover::activation::is_valid_name;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

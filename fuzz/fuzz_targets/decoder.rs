@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use handover::pass::Meta;
-use handover::pass::wire::{Decoder, Event, Side};
+use handover::__private::wire::{Decoder, Event, Side};
 use libfuzzer_sys::fuzz_target;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);

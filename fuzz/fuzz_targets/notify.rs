@@ -4,7 +4,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use handover::notify::{Message, parse_address};
+use handover::__private::parse_notify_socket;
+use handover::notify::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let m = Message { pid: None, uid: None, fields };
     let _ = (m.is_ready(), m.status(), m.main_pid());
-    let _ = parse_address(OsStr::from_bytes(data));
+    let _ = parse_notify_socket(OsStr::from_bytes(data));
 });

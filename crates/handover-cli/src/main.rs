@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use handover::child::{Signal, parse_signal};
+use handover::child::Signal;
 
 /// `handover --version`: the crate version, then the commit and profile
 /// the binary was built from (see build.rs).
@@ -300,7 +300,7 @@ impl ControlArgs {
 }
 
 fn parse_sig(s: &str) -> Result<Signal, String> {
-    parse_signal(s).map_err(|e| e.to_string())
+    s.parse::<Signal>().map_err(|e| e.to_string())
 }
 
 /// A signal, or none (clap gives `Option` fields a meaning of their own).

@@ -183,7 +183,9 @@ pub fn control_trigger(path: PathBuf, timeout: Duration) -> Trigger {
 /// wrong path fails at once rather than after the whole run.
 fn trigger(args: &VerifyArgs) -> Result<Option<Trigger>, String> {
     if let Some(s) = &args.signal {
-        let sig = handover::child::parse_signal(s).map_err(|e| e.to_string())?;
+        let sig = s
+            .parse::<handover::child::Signal>()
+            .map_err(|e| e.to_string())?;
         return Ok(Some(Trigger::Signal {
             signal: sig.as_raw(),
             pid_file: args.pid_file.clone().ok_or("--signal needs --pid-file")?,

@@ -143,7 +143,7 @@ fn start(
             let listener = Listener::new(listener, &drain);
             let mut options = HttpOptions::default();
             if workload.tls() {
-                options = options.with_tls(acceptor);
+                options = options.tls(acceptor);
             }
             rt.spawn(async move {
                 serve(&listener, service_fn(hello), &options).await.unwrap();

@@ -298,7 +298,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let listener = Listener::new(listener, &drain);
         let signals = upgrader.signals()?;
         upgrader.ready()?;
-        let options = HttpOptions::default().with_idle_grace(args.idle_grace);
+        let options = HttpOptions::default().idle_grace(args.idle_grace);
         let serving = tokio::spawn(async move {
             if let Err(e) = http::serve(&listener, http::tower(PidServer), &options).await {
                 tracing::error!(error = %e, "the listening socket failed");

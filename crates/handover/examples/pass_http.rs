@@ -106,7 +106,7 @@ fn take_over(handoff: &std::path::Path) -> Result<Option<TcpListener>, pass::Pas
     let mut listener = None;
     let result = pass::receive(handoff, |fd, meta| {
         if meta.get("name") == Some("http") {
-            listener = Some(fd.into::<TcpListener>()?);
+            listener = Some(fd.convert::<TcpListener>()?);
         }
         Ok(())
     });
@@ -150,7 +150,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let pid_body = Bytes::from(format!("pid={}\n", std::process::id()));
-    let options = HttpOptions::default().with_idle_grace(args.idle_grace);
+    let options = HttpOptions::default().idle_grace(args.idle_grace);
     let drained = runtime.block_on(async {
         listener.set_nonblocking(true)?;
         let listener = Listener::new(tokio::net::TcpListener::from_std(listener)?, &drain);

@@ -184,9 +184,9 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     rt.block_on(async move {
         let drain = Drain::new();
-        let mut http = HttpOptions::default().with_idle_grace(args.idle_grace);
+        let mut http = HttpOptions::default().idle_grace(args.idle_grace);
         if args.tls {
-            http = http.with_tls(tls_acceptor(args.tls_files.as_ref())?);
+            http = http.tls(tls_acceptor(args.tls_files.as_ref())?);
         }
         let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);

@@ -66,7 +66,7 @@ pub use crate::sys::unset_listen_env;
 pub const LISTEN_FDS_START: RawFd = 3;
 
 /// The three variables of the protocol.
-pub const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+pub(crate) use crate::sys::LISTEN_VARS;
 
 /// The name of an fd that was passed without one.
 pub const UNKNOWN_NAME: &str = "unknown";
@@ -78,7 +78,7 @@ pub const MAX_NAME_LEN: usize = 255;
 /// says: Linux's default limit on open files per process. A larger count
 /// cannot be real here, and [`parse_env`], which lists a name per fd, must
 /// not allocate without bound.
-pub const MAX_LISTEN_FDS: usize = 1 << 20;
+pub(crate) const MAX_LISTEN_FDS: usize = 1 << 20;
 
 /// Errors of socket activation.
 #[derive(Debug, thiserror::Error)]
@@ -214,15 +214,40 @@ impl ActivationError {
     }
 }
 
-/// The three variables as read from an environment; input of [`parse_env`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EnvVars<'a> {
-    /// `LISTEN_PID`.
-    pub pid: Option<&'a OsStr>,
-    /// `LISTEN_FDS`.
-    pub fds: Option<&'a OsStr>,
-    /// `LISTEN_FDNAMES`.
-    pub names: Option<&'a OsStr>,
+pub(crate) use env::{EnvVars, parse_env};
+
+/// The parser of the variables, for `ListenFds`, `reexec`, and (through
+/// `handover::__private`) the fuzz targets and property tests; not part of
+/// the API.
+pub(crate) mod env {
+    use super::*;
+
+    /// The three variables as read from an environment; input of [`parse_env`].
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct EnvVars<'a> {
+        /// `LISTEN_PID`.
+        pub pid: Option<&'a OsStr>,
+        /// `LISTEN_FDS`.
+        pub fds: Option<&'a OsStr>,
+        /// `LISTEN_FDNAMES`.
+        pub names: Option<&'a OsStr>,
+    }
+
+    /// Parses the protocol's variables for a process whose pid is `my_pid`, as
+    /// sd_listen_fds(3) does, and returns one name per descriptor (empty: no
+    /// descriptors for this process).
+    ///
+    /// No `LISTEN_PID`, a `LISTEN_PID` of another process, no `LISTEN_FDS` or
+    /// `LISTEN_FDS=0` all mean "no descriptors", not an error. A value that is not
+    /// a number, a count whose fds would not fit the fd range, a `LISTEN_FDNAMES`
+    /// with another number of fields, or a name that is too long or has control
+    /// characters are errors naming the variable.
+    pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, ActivationError> {
+        Ok(match parse_vars(vars, my_pid)? {
+            None => Vec::new(),
+            Some((count, names)) => names.unwrap_or_else(|| vec![UNKNOWN_NAME.to_string(); count]),
+        })
+    }
 }
 
 fn lossy(v: &OsStr) -> String {
@@ -235,22 +260,6 @@ fn parse_decimal(v: &OsStr) -> Option<u64> {
         return None;
     }
     s.parse().ok()
-}
-
-/// Parses the protocol's variables for a process whose pid is `my_pid`, as
-/// sd_listen_fds(3) does, and returns one name per descriptor (empty: no
-/// descriptors for this process).
-///
-/// No `LISTEN_PID`, a `LISTEN_PID` of another process, no `LISTEN_FDS` or
-/// `LISTEN_FDS=0` all mean "no descriptors", not an error. A value that is not
-/// a number, a count whose fds would not fit the fd range, a `LISTEN_FDNAMES`
-/// with another number of fields, or a name that is too long or has control
-/// characters are errors naming the variable.
-pub fn parse_env(vars: EnvVars<'_>, my_pid: u32) -> Result<Vec<String>, ActivationError> {
-    Ok(match parse_vars(vars, my_pid)? {
-        None => Vec::new(),
-        Some((count, names)) => names.unwrap_or_else(|| vec![UNKNOWN_NAME.to_string(); count]),
-    })
 }
 
 /// Counts at most this large are taken as they are; larger ones are checked
@@ -389,6 +398,37 @@ impl std::fmt::Debug for ListenFds {
     }
 }
 
+/// One received descriptor, as [`ListenFds::iter`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenFd<'a> {
+    index: usize,
+    fd: RawFd,
+    name: &'a str,
+    available: bool,
+}
+
+impl<'a> ListenFd<'a> {
+    /// Its position among the received descriptors (0 for fd 3).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its descriptor number, for logs (take it to own it).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Its name (`LISTEN_FDNAMES`), or `"unknown"` when none was given.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Whether it is still there to take (not taken yet).
+    pub fn is_available(&self) -> bool {
+        self.available
+    }
+}
+
 impl ListenFds {
     /// Receives the descriptors described by this process's `LISTEN_*`
     /// variables, marks each close-on-exec, and owns them.
@@ -461,13 +501,15 @@ impl ListenFds {
         self.slots.is_empty()
     }
 
-    /// Each received descriptor: its index, fd number, name, and whether it
-    /// is still there to take.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, RawFd, &str, bool)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, s.fd, s.name.as_str(), s.owned.is_some()))
+    /// Each received descriptor, in order: its index, fd number, name, and
+    /// whether it is still there to take.
+    pub fn iter(&self) -> impl Iterator<Item = ListenFd<'_>> {
+        self.slots.iter().enumerate().map(|(index, s)| ListenFd {
+            index,
+            fd: s.fd,
+            name: s.name.as_str(),
+            available: s.owned.is_some(),
+        })
     }
 
     /// Borrows the first untaken descriptor named `name`.

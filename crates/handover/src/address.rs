@@ -17,15 +17,15 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-/// The longest Unix socket path Linux accepts, in bytes.
-pub const MAX_UNIX_PATH: usize = 107;
+use crate::socket::{MAX_UNIX_PATH, UnixPath, probe_unix_path};
 
 /// A socket to bind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,14 +55,36 @@ pub enum AddressError {
     },
     /// The port is taken.
     #[error(
-        "cannot bind {address}: the address is already in use{holder}. Stop the other process, \
-         choose another port, or pass the socket on from the process that has it"
+        "cannot bind {address}: the address is already in use{}. Stop the other process, \
+         choose another port, or pass the socket on from the process that has it",
+        match (holder_pid, holder_name) {
+            (Some(pid), Some(name)) => format!(" by pid {pid} ({name})"),
+            (Some(pid), None) => format!(" by pid {pid}"),
+            _ => String::new(),
+        }
     )]
     InUse {
         /// The address.
         address: Address,
-        /// `" by pid N (name)"` when /proc tells.
-        holder: String,
+        /// The pid of the process holding it, when `/proc` tells (only
+        /// processes of this user, or any for root).
+        holder_pid: Option<u32>,
+        /// That process's command name (`/proc/PID/comm`).
+        holder_name: Option<String>,
+    },
+    /// Setting an option on the new socket before `bind` failed (one of
+    /// [`BindOptions`], or its [`before_bind`](BindOptions::before_bind)
+    /// hook).
+    #[error(
+        "cannot bind {address}: setting socket options before bind failed: {source}; check the \
+         options given in BindOptions (and what its before_bind hook does)"
+    )]
+    Configure {
+        /// The address.
+        address: Address,
+        /// The error of the option (or the hook).
+        #[source]
+        source: io::Error,
     },
     /// A port below the unprivileged range needs privileges this process
     /// does not have.
@@ -233,15 +255,33 @@ impl Address {
     }
 }
 
-/// How to bind.
-#[derive(Debug, Clone)]
+/// A hook that sets options on a socket before it is bound; see
+/// [`BindOptions::before_bind`].
+type BeforeBind = Arc<dyn Fn(BorrowedFd<'_>, &Address) -> io::Result<()> + Send + Sync>;
+
+/// How [`Address::bind`] makes a socket: the listen backlog, the mode of a
+/// Unix socket file, and options set before `bind`.
+///
+/// Built like the crate's other option structs: `BindOptions::new()` (or
+/// `default()`) and by-value setters.
+///
+/// ```
+/// use handover::address::{Address, BindOptions};
+/// let options = BindOptions::new().reuse_port(true).backlog(1024);
+/// let a: Address = "tcp://127.0.0.1:0".parse().unwrap();
+/// let first = a.bind(&options).unwrap();
+/// // Another socket on the same port, as SO_REUSEPORT allows.
+/// let port = Address::local(&first, &a).unwrap();
+/// let second = port.bind(&options).unwrap();
+/// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct BindOptions {
-    /// Listen backlog for stream sockets (default 4096, capped by the kernel's
-    /// `somaxconn`).
-    pub backlog: i32,
-    /// Permission bits of a Unix socket file (default `0o600`).
-    pub unix_mode: u32,
+    backlog: i32,
+    unix_mode: u32,
+    reuse_port: bool,
+    ipv6_only: Option<bool>,
+    before_bind: Option<BeforeBind>,
 }
 
 impl Default for BindOptions {
@@ -249,28 +289,105 @@ impl Default for BindOptions {
         BindOptions {
             backlog: 4096,
             unix_mode: 0o600,
+            reuse_port: false,
+            ipv6_only: None,
+            before_bind: None,
         }
     }
 }
 
+impl fmt::Debug for BindOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BindOptions")
+            .field("backlog", &self.backlog)
+            .field("unix_mode", &format_args!("{:#o}", self.unix_mode))
+            .field("reuse_port", &self.reuse_port)
+            .field("ipv6_only", &self.ipv6_only)
+            .field("before_bind", &self.before_bind.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
 impl BindOptions {
-    /// Sets the Unix socket file mode.
-    pub fn unix_mode(mut self, mode: u32) -> Self {
+    /// The defaults: backlog 4096, Unix socket files mode `0o600`, no
+    /// `SO_REUSEPORT`, the system's `IPV6_V6ONLY`, no hook.
+    pub fn new() -> BindOptions {
+        BindOptions::default()
+    }
+
+    /// The listen backlog of stream sockets (default 4096, capped by the
+    /// kernel's `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: i32) -> BindOptions {
+        self.backlog = backlog;
+        self
+    }
+
+    /// The permission bits of a Unix socket file (default `0o600`), set
+    /// before the socket listens, so no client connects through a wider
+    /// mode.
+    pub fn unix_mode(mut self, mode: u32) -> BindOptions {
         self.unix_mode = mode;
+        self
+    }
+
+    /// `SO_REUSEPORT` on TCP and UDP sockets (default off): several
+    /// sockets, in this process or others of the same user, may bind the
+    /// same address, and the kernel spreads connections over them.
+    ///
+    /// Not needed for zero-downtime restarts, where the same socket is
+    /// handed over; note that closing one of several `SO_REUSEPORT`
+    /// listeners resets the connections in its own accept queue.
+    pub fn reuse_port(mut self, on: bool) -> BindOptions {
+        self.reuse_port = on;
+        self
+    }
+
+    /// `IPV6_V6ONLY` on IPv6 TCP and UDP sockets: `true` accepts IPv6 only,
+    /// `false` IPv4-mapped addresses too (dual stack). Default: the
+    /// system's (`net.ipv6.bindv6only`, usually dual stack).
+    pub fn ipv6_only(mut self, on: bool) -> BindOptions {
+        self.ipv6_only = Some(on);
+        self
+    }
+
+    /// Calls `hook` on each new socket after the options above are set and
+    /// before it is bound: to set any other option (`SO_RCVBUF`,
+    /// `TCP_FASTOPEN`, `IP_FREEBIND`, ...) with `rustix`, `socket2`
+    /// (`SockRef::from(&fd)`) or `libc`. An error from the hook fails the
+    /// bind with [`AddressError::Configure`], and the socket is closed.
+    ///
+    /// ```
+    /// use handover::address::{Address, BindOptions};
+    /// let options = BindOptions::new().before_bind(|fd, _address| {
+    ///     rustix::net::sockopt::set_socket_recv_buffer_size(fd, 1 << 20)?;
+    ///     Ok(())
+    /// });
+    /// let fd = "tcp://127.0.0.1:0".parse::<Address>().unwrap().bind(&options).unwrap();
+    /// ```
+    pub fn before_bind<F>(mut self, hook: F) -> BindOptions
+    where
+        F: Fn(BorrowedFd<'_>, &Address) -> io::Result<()> + Send + Sync + 'static,
+    {
+        self.before_bind = Some(Arc::new(hook));
         self
     }
 }
 
 impl Address {
     /// Binds (and for stream sockets listens) a new, blocking,
-    /// close-on-exec socket. TCP listeners get `SO_REUSEADDR`.
+    /// close-on-exec socket, with `options`. TCP listeners get
+    /// `SO_REUSEADDR`.
     ///
     /// A Unix socket file left by a dead process (nobody accepts on it) is
-    /// replaced; a live one is an error. The file gets `options.unix_mode`
+    /// replaced; a live one is an error. The file gets the options' mode
     /// before the socket listens, so no client can connect through a wider
     /// mode.
     pub fn bind(&self, options: &BindOptions) -> Result<OwnedFd, AddressError> {
         let io = |source: io::Error| AddressError::Io {
+            address: self.clone(),
+            source,
+        };
+        let configure = |source: io::Error| AddressError::Configure {
             address: self.clone(),
             source,
         };
@@ -280,15 +397,24 @@ impl Address {
                 let ty = if tcp { Type::STREAM } else { Type::DGRAM };
                 let s = Socket::new(Domain::for_address(*a), ty, None).map_err(io)?;
                 if tcp {
-                    s.set_reuse_address(true).map_err(io)?;
+                    s.set_reuse_address(true).map_err(configure)?;
+                }
+                if options.reuse_port {
+                    s.set_reuse_port(true).map_err(configure)?;
+                }
+                if let (Some(only), SocketAddr::V6(_)) = (options.ipv6_only, a) {
+                    s.set_only_v6(only).map_err(configure)?;
+                }
+                if let Some(hook) = &options.before_bind {
+                    hook(s.as_fd(), self).map_err(configure)?;
                 }
                 if let Err(e) = s.bind(&SockAddr::from(*a)) {
                     if e.kind() == io::ErrorKind::AddrInUse {
+                        let holder = port_holder(*a, tcp);
                         return Err(AddressError::InUse {
                             address: self.clone(),
-                            holder: port_holder(*a, tcp)
-                                .map(|(pid, name)| format!(" by pid {pid} ({name})"))
-                                .unwrap_or_default(),
+                            holder_pid: holder.as_ref().map(|h| h.0),
+                            holder_name: holder.map(|h| h.1),
                         });
                     }
                     if e.kind() == io::ErrorKind::PermissionDenied {
@@ -328,6 +454,9 @@ impl Address {
                 }
                 remove_stale_socket(path)?;
                 let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(io)?;
+                if let Some(hook) = &options.before_bind {
+                    hook(s.as_fd(), self).map_err(configure)?;
+                }
                 let addr = SockAddr::unix(path).map_err(io)?;
                 match s.bind(&addr) {
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -344,7 +473,7 @@ impl Address {
     }
 
     /// The address a bound socket actually has (for `tcp://127.0.0.1:0`, the
-    /// port the kernel chose).
+    /// port the kernel chose), of the same kind as `kind`.
     pub fn local(fd: impl AsFd, kind: &Address) -> io::Result<Address> {
         let a = rustix::net::getsockname(&fd)?;
         Ok(match kind {
@@ -366,34 +495,29 @@ impl Address {
 /// Removes a Unix socket file nobody listens on; errors if someone does, or
 /// if the file is not a socket.
 fn remove_stale_socket(path: &Path) -> Result<(), AddressError> {
+    let io = |source: io::Error| AddressError::Io {
+        address: Address::Unix(path.to_owned()),
+        source,
+    };
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(AddressError::Io {
-                address: Address::Unix(path.to_owned()),
-                source,
-            });
-        }
+        Err(source) => return Err(io(source)),
     };
     if !meta.file_type().is_socket() {
         return Err(AddressError::NotASocket {
             path: path.to_owned(),
         });
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(AddressError::UnixInUse {
+    match probe_unix_path(path).map_err(io)? {
+        UnixPath::Live => Err(AddressError::UnixInUse {
             path: path.to_owned(),
         }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
-            .map_err(|source| AddressError::Io {
-                address: Address::Unix(path.to_owned()),
-                source,
-            }),
-        Err(source) => Err(AddressError::Io {
-            address: Address::Unix(path.to_owned()),
-            source,
-        }),
+        UnixPath::Refused => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        },
+        UnixPath::Missing => Ok(()),
     }
 }
 
@@ -407,9 +531,10 @@ fn first_unprivileged_port() -> u16 {
         .unwrap_or(1024)
 }
 
-/// Which process holds a local port, from `/proc/net/{tcp,udp}{,6}` and
-/// `/proc/*/fd` (only processes this user may inspect).
-pub fn port_holder(addr: SocketAddr, tcp: bool) -> Option<(u32, String)> {
+/// Which process holds a local port (pid, command name), from
+/// `/proc/net/{tcp,udp}{,6}` and `/proc/*/fd` (only processes this user may
+/// inspect).
+fn port_holder(addr: SocketAddr, tcp: bool) -> Option<(u32, String)> {
     let proto = if tcp { "tcp" } else { "udp" };
     let mut inodes = Vec::new();
     for file in [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")] {
@@ -577,5 +702,98 @@ mod tests {
             .bind(&BindOptions::default())
             .unwrap_err();
         assert!(e.to_string().contains("limited to 107"), "{e}");
+    }
+
+    #[test]
+    fn reuse_port_lets_two_sockets_share_an_address() {
+        let a: Address = "tcp://127.0.0.1:0".parse().unwrap();
+        let shared = BindOptions::new().reuse_port(true);
+        let first = a.bind(&shared).unwrap();
+        let port = Address::local(&first, &a).unwrap();
+        assert!(rustix::net::sockopt::socket_reuseport(&first).unwrap());
+        let second = port.bind(&shared).unwrap();
+        assert_eq!(Address::local(&second, &a).unwrap(), port);
+        // Without the option on the newcomer, the port is taken.
+        let e = port.bind(&BindOptions::new()).unwrap_err();
+        assert!(matches!(e, AddressError::InUse { .. }), "{e}");
+        // UDP too.
+        let u: Address = "udp://127.0.0.1:0".parse().unwrap();
+        let one = u.bind(&shared).unwrap();
+        let uport = Address::local(&one, &u).unwrap();
+        uport.bind(&shared).unwrap();
+    }
+
+    #[test]
+    fn ipv6_only_is_set_before_bind() {
+        // Binding a specific IPv6 address (::1) makes the kernel set
+        // IPV6_V6ONLY itself, so the option is read where it matters: in
+        // the hook, which runs after the options and before bind.
+        let a: Address = "tcp://[::1]:0".parse().unwrap();
+        for only in [true, false] {
+            let seen = Arc::new(std::sync::Mutex::new(None));
+            let theirs = Arc::clone(&seen);
+            let options = BindOptions::new()
+                .ipv6_only(only)
+                .before_bind(move |fd, _| {
+                    *theirs.lock().unwrap() = Some(rustix::net::sockopt::ipv6_v6only(fd)?);
+                    Ok(())
+                });
+            match a.bind(&options) {
+                Ok(_) => {}
+                // No IPv6 on this machine: nothing to check.
+                Err(AddressError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::AddrNotAvailable =>
+                {
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            assert_eq!(*seen.lock().unwrap(), Some(only));
+        }
+    }
+
+    #[test]
+    fn the_hook_runs_before_bind_and_its_error_fails_the_bind() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let unix = Address::Unix(dir.path().join("h.sock"));
+        for a in [
+            "tcp://127.0.0.1:0".parse::<Address>().unwrap(),
+            unix.clone(),
+        ] {
+            let called = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&called);
+            let options = BindOptions::new().backlog(7).before_bind(move |fd, _| {
+                // Not bound yet: an internet socket has port 0, a Unix one
+                // no path.
+                let local = rustix::net::getsockname(fd)?;
+                let unbound = match std::net::SocketAddr::try_from(local.clone()) {
+                    Ok(sa) => sa.port() == 0,
+                    Err(_) => rustix::net::SocketAddrUnix::try_from(local)
+                        .map(|u| u.path().is_none())
+                        .unwrap_or(false),
+                };
+                assert!(unbound, "the hook runs before bind");
+                rustix::net::sockopt::set_socket_recv_buffer_size(fd, 256 * 1024)?;
+                seen.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            let fd = a.bind(&options).unwrap();
+            assert!(called.load(Ordering::SeqCst));
+            // The kernel doubles what was asked for.
+            assert!(rustix::net::sockopt::socket_recv_buffer_size(&fd).unwrap() >= 256 * 1024);
+            drop(fd);
+            let failing =
+                BindOptions::new().before_bind(|_, _| Err(io::Error::other("no such option here")));
+            let e = a.bind(&failing).unwrap_err();
+            assert!(matches!(e, AddressError::Configure { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("setting socket options before bind failed"),
+                "{e}"
+            );
+        }
+        // A failing hook leaves no socket file behind.
+        assert!(!dir.path().join("h.sock").exists());
     }
 }

@@ -32,8 +32,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The longest socket path Linux accepts (`sun_path` is 108 bytes with NUL).
-pub const MAX_PATH_LEN: usize = 107;
+use crate::socket::MAX_UNIX_PATH as MAX_PATH_LEN;
 
 /// The largest message [`NotifySocket`] reads; longer ones are an error.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -44,8 +43,9 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 pub enum NotifyError {
     /// `NOTIFY_SOCKET` (or an address given) is not a socket address.
     #[error(
-        "NOTIFY_SOCKET={value:?} is not valid: expected an absolute socket path (at most 107 \
-         bytes) or @name for the abstract namespace. Fix the supervisor's setting, or unset it"
+        "NOTIFY_SOCKET={value:?} is not valid: expected an absolute socket path (at most \
+         {MAX_PATH_LEN} bytes) or @name for the abstract namespace. Fix the supervisor's \
+         setting, or unset it"
     )]
     BadAddress {
         /// The rejected value.
@@ -141,7 +141,7 @@ pub enum State<'a> {
 }
 
 /// Renders `states` as the protocol's message text.
-pub fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
+pub(crate) fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
     let check = |key: &'static str, v: &str| {
         if v.contains(['\n', '\0']) {
             Err(NotifyError::BadValue {
@@ -189,7 +189,7 @@ pub fn render(states: &[State<'_>]) -> Result<String, NotifyError> {
 }
 
 /// Parses a `NOTIFY_SOCKET` value: an absolute path, or `@name`.
-pub fn parse_address(value: &OsStr) -> Result<SocketAddr, NotifyError> {
+pub(crate) fn parse_address(value: &OsStr) -> Result<SocketAddr, NotifyError> {
     let bad = || NotifyError::BadAddress {
         value: value.to_string_lossy().into_owned(),
     };

@@ -15,9 +15,49 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use rustix::fs::FileType;
-use rustix::net::{AddressFamily, SocketType, sockopt};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+
+/// The longest path a Unix socket can be bound to or reached at on Linux,
+/// in bytes: `sun_path` holds 108 bytes, including the terminating NUL.
+/// (The abstract namespace, `@name`, allows as many bytes of name.)
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// What a Unix stream socket path leads to, found by connecting to it
+/// without blocking ([`probe_unix_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnixPath {
+    /// A process accepts connections there (or its backlog is full).
+    Live,
+    /// Connecting is refused: a socket file left by a process that exited,
+    /// or a file that is not a listening socket.
+    Refused,
+    /// Nothing is there.
+    Missing,
+}
+
+/// Connects to `path` without blocking to learn whether anyone listens
+/// there (and closes the connection at once). The one stale-socket probe
+/// of the crate: binding an address (`unix:`) and a descriptor-passing
+/// server both replace a stale socket file, and only a stale one.
+pub(crate) fn probe_unix_path(path: &Path) -> io::Result<UnixPath> {
+    let addr = SocketAddrUnix::new(path)?;
+    let s = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    match rustix::net::connect(&s, &addr) {
+        Ok(()) | Err(Errno::AGAIN) | Err(Errno::INPROGRESS) => Ok(UnixPath::Live),
+        Err(Errno::CONNREFUSED) => Ok(UnixPath::Refused),
+        Err(Errno::NOENT) => Ok(UnixPath::Missing),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// The kind of an open descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
-use handover::activation::{Activation, EnvVars, is_valid_name, parse_env};
+use handover::__private::{EnvVars, parse_env};
+use handover::activation::{Activation, is_valid_name};
 use proptest::prelude::*;
 
 fn any_value() -> impl Strategy<Value = Option<Vec<u8>>> {

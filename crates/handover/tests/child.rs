@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use handover::activation::Activation;
 use handover::child::{
-    Child, ChildConfig, ChildError, Exit, ExitStatus, Report, Signal, parse_signal,
+    Child, ChildConfig, ChildError, Exit, ExitStatus, ParseSignalError, Report, Signal,
 };
 
 /// Grandchildren orphaned by a killed child are reparented to init, or to
@@ -632,13 +632,14 @@ async fn async_one_shot_with_timeout() {
 
 #[test]
 fn signal_parsing_for_the_cli() {
-    assert_eq!(parse_signal("TERM").unwrap(), Signal::TERM);
-    assert_eq!(parse_signal("SIGTERM").unwrap(), Signal::TERM);
-    assert_eq!(parse_signal("15").unwrap(), Signal::TERM);
-    assert_eq!(parse_signal("sigquit").unwrap(), Signal::QUIT);
+    assert_eq!("TERM".parse::<Signal>().unwrap(), Signal::TERM);
+    assert_eq!("SIGTERM".parse::<Signal>().unwrap(), Signal::TERM);
+    assert_eq!("15".parse::<Signal>().unwrap(), Signal::TERM);
+    assert_eq!("sigquit".parse::<Signal>().unwrap(), Signal::QUIT);
     assert_eq!("hup".parse::<Signal>().unwrap(), Signal::HUP);
-    let err = parse_signal("SIGFOO").unwrap_err();
-    assert!(matches!(err, ChildError::UnknownSignal { .. }));
+    let err = "SIGFOO".parse::<Signal>().unwrap_err();
+    assert_eq!(err.input(), "SIGFOO");
+    let _: &ParseSignalError = &err;
     let msg = err.to_string();
     assert!(
         msg.contains("\"SIGFOO\"") && msg.contains("HUP, INT, QUIT") && msg.contains("TERM"),
@@ -653,7 +654,7 @@ mod prop {
     proptest! {
         #[test]
         fn any_string_parses_or_errs_without_panicking(s in any::<String>()) {
-            match parse_signal(&s) {
+            match s.parse::<Signal>() {
                 Ok(sig) => prop_assert!(sig.name().is_some()),
                 Err(e) => prop_assert!(e.to_string().contains("valid names")),
             }
@@ -667,13 +668,13 @@ mod prop {
         ) {
             let bare = &sig.name().unwrap()[3..];
             let bare = if lower { bare.to_ascii_lowercase() } else { bare.to_string() };
-            prop_assert_eq!(parse_signal(&format!("{prefix}{bare}")).unwrap(), sig);
-            prop_assert_eq!(parse_signal(&sig.as_raw().to_string()).unwrap(), sig);
+            prop_assert_eq!(format!("{prefix}{bare}").parse::<Signal>().unwrap(), sig);
+            prop_assert_eq!(sig.as_raw().to_string().parse::<Signal>().unwrap(), sig);
         }
 
         #[test]
         fn numbers_outside_the_table_are_rejected(n in any::<i64>()) {
-            let r = parse_signal(&n.to_string());
+            let r = n.to_string().parse::<Signal>();
             prop_assert_eq!(r.is_ok(), (1..=31).contains(&n));
         }
     }

@@ -278,7 +278,7 @@ async fn hammer(id: usize, addr: SocketAddr, stop: Arc<AtomicBool>) -> Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_clients_lose_no_request_across_close() {
-    let mut pair = Pair::new(HttpOptions::default().with_idle_grace(Duration::from_secs(1))).await;
+    let mut pair = Pair::new(HttpOptions::default().idle_grace(Duration::from_secs(1))).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|id| tokio::spawn(hammer(id, pair.addr, stop.clone())))
@@ -313,7 +313,7 @@ async fn keep_alive_clients_lose_no_request_across_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_close_only_after_the_grace() {
     let grace = Duration::from_millis(800);
-    let pair = Pair::new(HttpOptions::default().with_idle_grace(grace)).await;
+    let pair = Pair::new(HttpOptions::default().idle_grace(grace)).await;
     // One connection after a request, one that never sent anything.
     let mut used = Client::connect(pair.addr).await.unwrap();
     let answer = used.get("/first").await.unwrap();
@@ -350,7 +350,7 @@ async fn idle_connections_close_only_after_the_grace() {
 async fn each_idle_connection_closes_no_sooner_than_the_grace() {
     // Same as above, measured per connection.
     let grace = Duration::from_millis(600);
-    let pair = Pair::new(HttpOptions::default().with_idle_grace(grace)).await;
+    let pair = Pair::new(HttpOptions::default().idle_grace(grace)).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         let mut c = Client::connect(pair.addr).await.unwrap();
@@ -378,7 +378,7 @@ async fn each_idle_connection_closes_no_sooner_than_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_arriving_during_the_grace_are_answered() {
     let grace = Duration::from_secs(2);
-    let pair = Pair::new(HttpOptions::default().with_idle_grace(grace)).await;
+    let pair = Pair::new(HttpOptions::default().idle_grace(grace)).await;
     let mut whole = Client::connect(pair.addr).await.unwrap();
     let mut split = Client::connect(pair.addr).await.unwrap();
     assert!(!whole.get("/a").await.unwrap().close);

@@ -143,8 +143,7 @@ async fn h2_get(send: &mut H2, path: &str) -> Result<String, hyper::Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_in_flight_finish_and_the_next_ones_go_to_the_successor() {
-    let mut pair =
-        Pair::new(HttpOptions::default().with_http2_goaway_delay(Duration::from_millis(50)));
+    let mut pair = Pair::new(HttpOptions::default().http2_goaway_delay(Duration::from_millis(50)));
     let send = h2_connect(pair.addr).await;
     // 20 slow streams in flight on one connection.
     let mut slow = Vec::new();
@@ -234,7 +233,7 @@ fn http2_load_with_many_streams_per_connection_loses_nothing_across_hand_overs()
 #[test]
 fn tls_http2_load_loses_nothing_across_hand_overs() {
     let tls = self_signed();
-    let failed = http2_load_across_hand_overs(3, HttpOptions::default().with_tls(tls), true);
+    let failed = http2_load_across_hand_overs(3, HttpOptions::default().tls(tls), true);
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
@@ -246,8 +245,8 @@ fn tls_http1_keep_alive_load_loses_nothing_across_a_hand_over() {
         .build()
         .unwrap();
     let options = HttpOptions::default()
-        .with_tls(self_signed())
-        .with_idle_grace(Duration::from_millis(500));
+        .tls(self_signed())
+        .idle_grace(Duration::from_millis(500));
     let mut pair = rt.block_on(async { Pair::new(options) });
     let mut cfg = LoadConfig::new(pair.addr, Mode::KeepAlive);
     cfg.tls = Some(ClientTls::insecure());
@@ -281,7 +280,7 @@ async fn a_silent_connection_is_closed_after_the_grace_one_that_speaks_in_time_i
     // Long enough that the two late speakers below get in well within it
     // on a loaded machine.
     let grace = Duration::from_millis(2000);
-    let mut pair = Pair::new(HttpOptions::default().with_idle_grace(grace));
+    let mut pair = Pair::new(HttpOptions::default().idle_grace(grace));
     // Accepted before the drain, silent.
     let mut silent = TcpStream::connect(pair.addr).await.unwrap();
     // Accepted before the drain; their first bytes come during the grace.
@@ -341,7 +340,7 @@ async fn a_silent_connection_is_closed_after_the_grace_one_that_speaks_in_time_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_connections_stay_tracked_and_learn_that_the_drain_began() {
-    let mut pair = Pair::new(HttpOptions::default().with_idle_grace(Duration::from_millis(300)));
+    let mut pair = Pair::new(HttpOptions::default().idle_grace(Duration::from_millis(300)));
     let mut ws = TcpStream::connect(pair.addr).await.unwrap();
     ws.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n")
         .await
@@ -373,7 +372,7 @@ async fn upgraded_connections_stay_tracked_and_learn_that_the_drain_began() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_answered_while_draining_keeps_its_connection_upgrade() {
-    let mut pair = Pair::new(HttpOptions::default().with_idle_grace(Duration::from_secs(2)));
+    let mut pair = Pair::new(HttpOptions::default().idle_grace(Duration::from_secs(2)));
     let mut ws = TcpStream::connect(pair.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     pair.hand_over();
@@ -511,8 +510,7 @@ impl RawH2 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_a_stream_sent_right_after_the_ping_ack_is_still_served() {
-    let mut pair =
-        Pair::new(HttpOptions::default().with_http2_goaway_delay(Duration::from_millis(200)));
+    let mut pair = Pair::new(HttpOptions::default().http2_goaway_delay(Duration::from_millis(200)));
     let mut c = RawH2::connect(pair.addr).await;
     c.stream.write_all(&headers_frame(1)).await.unwrap();
     let mut seen = Vec::new();
@@ -576,11 +574,7 @@ async fn tls_a_silent_connection_is_closed_after_the_grace_a_late_handshake_is_s
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let mut pair = Pair::new(
-        HttpOptions::default()
-            .with_tls(acceptor)
-            .with_idle_grace(grace),
-    );
+    let mut pair = Pair::new(HttpOptions::default().tls(acceptor).idle_grace(grace));
     let mut silent = TcpStream::connect(pair.addr).await.unwrap();
     let late = TcpStream::connect(pair.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

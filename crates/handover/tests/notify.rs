@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Guard, ROLE};
-use handover::notify::{Message, Notifier, NotifySocket, State, render};
+use handover::__private::render_notify as render;
+use handover::notify::{Message, Notifier, NotifySocket, State};
 use proptest::prelude::*;
 
 #[test]

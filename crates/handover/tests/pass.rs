@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{Guard, report_stream, self_command, wait_exit};
-use handover::pass::wire::{self, Header};
+use handover::__private::wire::{self, Header};
 use handover::pass::{
     self, Meta, Metadata, PassError, Peers, ReceiveOptions, Receiver, Sender, Server, Session,
 };
@@ -536,9 +536,9 @@ fn server_and_client_with_typed_helpers() {
                 // Asking for the wrong kind names both kinds.
                 let kind = fd.kind()?;
                 assert!(kind.is_socket());
-                listener = Some(fd.into::<TcpListener>()?);
+                listener = Some(fd.convert::<TcpListener>()?);
             }
-            Some("log") => file = Some(fd.into::<File>()?),
+            Some("log") => file = Some(fd.convert::<File>()?),
             other => panic!("unexpected {other:?}"),
         }
         Ok(())
@@ -556,7 +556,7 @@ fn server_and_client_with_typed_helpers() {
     // A wrong kind: the error names what was expected and what was found.
     let err = pass::receive(&path, |fd, meta| {
         if meta.get("name") == Some("http") {
-            fd.into::<std::net::UdpSocket>()?;
+            fd.convert::<std::net::UdpSocket>()?;
         }
         Ok(())
     })
@@ -628,7 +628,7 @@ fn successor_can_bind_as_soon_as_receive_returns() {
         .unwrap();
     let mut got = None;
     pass::receive(&path, |fd, _| {
-        got = Some(fd.into::<TcpListener>()?);
+        got = Some(fd.convert::<TcpListener>()?);
         Ok(())
     })
     .unwrap();
@@ -822,7 +822,7 @@ fn misbehaving_clients_do_not_block_others() {
     // A good client is served at once, while the stallers still wait.
     let start = Instant::now();
     for _ in 0..3 {
-        let n = pass::receive(&path, |fd, _| fd.into::<TcpListener>().map(drop)).unwrap();
+        let n = pass::receive(&path, |fd, _| fd.convert::<TcpListener>().map(drop)).unwrap();
         assert_eq!(n, 1);
     }
     assert!(
@@ -896,7 +896,7 @@ async fn receive_async_works() {
     let mut got = None;
     let n = pass::receive_async(&path, &ReceiveOptions::new(), |fd, meta| {
         assert_eq!(meta.get("name"), Some("http"));
-        got = Some(fd.into::<tokio::net::TcpListener>()?);
+        got = Some(fd.convert::<tokio::net::TcpListener>()?);
         Ok(())
     })
     .await

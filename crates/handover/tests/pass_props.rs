@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 
-use handover::pass::wire::{self, Decoder, Event, Side};
+use handover::__private::wire::{self, Decoder, Event, Side};
 use handover::pass::{MAX_FDS_PER_MESSAGE, Meta, Metadata, PassError, VERSION};
 use proptest::prelude::*;
 

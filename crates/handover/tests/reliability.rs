@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{ARGS, Guard, ROLE, Server, is_zombie_or_gone, reports};
-use handover::activation::{Activation, EnvVars, ListenFds, parse_env};
+use handover::__private::{EnvVars, parse_env};
+use handover::activation::{Activation, ListenFds};
 use handover_verify::{Load, LoadConfig, Mode};
 
 /// The child side; a no-op in the normal test run.

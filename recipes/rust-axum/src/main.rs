@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok()
             .and_then(|s| s.parse::<f64>().ok())
             .map_or(Duration::from_secs(2), Duration::from_secs_f64);
-        let options = HttpOptions::default().with_idle_grace(grace);
+        let options = HttpOptions::default().idle_grace(grace);
 
         let mut term = signal(SignalKind::terminate())?;
         let closer = drain.clone();

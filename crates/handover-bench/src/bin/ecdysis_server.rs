@@ -90,7 +90,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Ok(socket.into())
         })?;
     let drain = Drain::new();
-    let http = HttpOptions::default().with_idle_grace(args.idle_grace);
+    let http = HttpOptions::default().idle_grace(args.idle_grace);
     let accepting = {
         let drain = drain.clone();
         tokio::spawn(async move {

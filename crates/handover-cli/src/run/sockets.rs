@@ -148,8 +148,11 @@ fn take_inherited(inherited: &mut ListenFds, b: &Bind) -> Result<OwnedFd, String
 fn take_stored(inherited: &mut ListenFds) -> Vec<(String, OwnedFd)> {
     let indices: Vec<(usize, String)> = inherited
         .iter()
-        .filter(|(_, _, _, available)| *available)
-        .filter_map(|(i, _, name, _)| Some((i, name.strip_prefix(STORE_PREFIX)?.to_string())))
+        .filter(|fd| fd.is_available())
+        .filter_map(|fd| {
+            let name = fd.name().strip_prefix(STORE_PREFIX)?;
+            Some((fd.index(), name.to_string()))
+        })
         .collect();
     indices
         .into_iter()

@@ -1,16 +1,14 @@
-//! Signal names and numbers, and the parser the CLI uses for `--stop-signal`.
+//! Signal names and numbers, and their parser (`FromStr`).
 
 use std::fmt;
 use std::str::FromStr;
 
 use rustix::process::Signal as Raw;
 
-use super::ChildError;
-
 /// A signal: one of the standard (named) signals of this platform.
 ///
 /// Signals can be named with or without the `SIG` prefix, in any case, or by
-/// number: see [`parse_signal`]. A child killed by a real-time signal is
+/// number: see [its `FromStr`](#impl-FromStr-for-Signal). A child killed by a real-time signal is
 /// reported with a `Signal` that has a number but no name; such a signal
 /// cannot be sent with [`Child::signal`](super::Child::signal) (libc reserves
 /// part of that range).
@@ -176,13 +174,54 @@ impl fmt::Debug for Signal {
     }
 }
 
+/// Parses a signal given by name (`"TERM"`, `"SIGTERM"`, `"sigterm"`) or by
+/// number (`"15"`).
+///
+/// Real-time signals (`SIGRTMIN+n`) are not accepted. Never panics; any
+/// other input gives a [`ParseSignalError`], whose message lists the valid
+/// names.
+///
+/// ```
+/// use handover::child::Signal;
+/// assert_eq!("SIGTERM".parse::<Signal>().unwrap(), Signal::TERM);
+/// assert_eq!("hup".parse::<Signal>().unwrap(), Signal::HUP);
+/// assert_eq!("9".parse::<Signal>().unwrap(), Signal::KILL);
+/// assert!("SIGNOPE".parse::<Signal>().unwrap_err().to_string().contains("TERM"));
+/// ```
 impl FromStr for Signal {
-    type Err = ChildError;
+    type Err = ParseSignalError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         parse_signal(s)
     }
 }
+
+/// A signal name or number that does not exist; from
+/// [`Signal`]'s `FromStr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseSignalError {
+    input: String,
+}
+
+impl ParseSignalError {
+    /// What was given.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
+impl fmt::Display for ParseSignalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown signal {:?}: expected a signal name or number; valid names are {}",
+            self.input,
+            valid_names()
+        )
+    }
+}
+
+impl std::error::Error for ParseSignalError {}
 
 /// The list of valid spellings, for error messages.
 fn valid_names() -> String {
@@ -199,24 +238,10 @@ fn valid_names() -> String {
     )
 }
 
-/// Parses a signal given by name (`"TERM"`, `"SIGTERM"`, `"sigterm"`) or by
-/// number (`"15"`).
-///
-/// Real-time signals (`SIGRTMIN+n`) are not accepted. Never panics; any
-/// other input gives [`ChildError::UnknownSignal`], whose message lists the
-/// valid names.
-///
-/// ```
-/// use handover::child::{parse_signal, Signal};
-/// assert_eq!(parse_signal("SIGTERM").unwrap(), Signal::TERM);
-/// assert_eq!(parse_signal("hup").unwrap(), Signal::HUP);
-/// assert_eq!(parse_signal("9").unwrap(), Signal::KILL);
-/// assert!(parse_signal("SIGNOPE").unwrap_err().to_string().contains("TERM"));
-/// ```
-pub fn parse_signal(input: &str) -> Result<Signal, ChildError> {
-    let unknown = || ChildError::UnknownSignal {
+/// See [`Signal`]'s `FromStr`.
+fn parse_signal(input: &str) -> Result<Signal, ParseSignalError> {
+    let unknown = || ParseSignalError {
         input: input.to_string(),
-        valid: valid_names(),
     };
     let s = input.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {

@@ -23,7 +23,7 @@
 //! let tls = TlsAcceptor::from_pem_files("/etc/app/cert.pem", "/etc/app/key.pem")?;
 //! let drain = Drain::new();
 //! let listener = Listener::new(tokio::net::TcpListener::bind("127.0.0.1:8443").await?, &drain);
-//! http::serve(&listener, service, &HttpOptions::default().with_tls(tls)).await?;
+//! http::serve(&listener, service, &HttpOptions::default().tls(tls)).await?;
 //! # Ok(()) }
 //! ```
 
@@ -146,7 +146,7 @@ impl TlsAcceptor {
 
     /// Sets how long a handshake may take before the connection is closed.
     /// Default: 10 s.
-    pub fn with_handshake_timeout(mut self, timeout: Duration) -> TlsAcceptor {
+    pub fn handshake_timeout(mut self, timeout: Duration) -> TlsAcceptor {
         self.handshake_timeout = timeout;
         self
     }
@@ -179,7 +179,7 @@ impl TlsAcceptor {
     }
 
     #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-    pub(crate) fn handshake_timeout(&self) -> Duration {
+    pub(crate) fn handshake_deadline(&self) -> Duration {
         self.handshake_timeout
     }
 

@@ -11,19 +11,14 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use super::stream::{Deadline, Receiver};
 use super::{Metadata, PassError, Peers, Received, Record, check_path};
 
-/// How a client connects and how long it waits.
+/// How a client connects and how long it waits: `ReceiveOptions::new()`
+/// and by-value setters, like the crate's other option structs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReceiveOptions {
-    /// How long to keep trying to connect while the server's backlog is
-    /// full (default 1 s). A missing or stale socket fails at once with
-    /// [`PassError::NoServer`].
-    pub connect_timeout: Duration,
-    /// Deadline of the whole exchange, connecting included (default 10 s).
-    pub timeout: Duration,
-    /// Which servers to trust, checked with `SO_PEERCRED` (default: the
-    /// same user, [`Peers::SameUser`]).
-    pub allow: Peers,
+    connect_timeout: Duration,
+    timeout: Duration,
+    allow: Peers,
 }
 
 impl Default for ReceiveOptions {
@@ -42,19 +37,22 @@ impl ReceiveOptions {
         ReceiveOptions::default()
     }
 
-    /// Sets [`connect_timeout`](ReceiveOptions::connect_timeout).
+    /// How long to keep trying to connect while the server's backlog is
+    /// full (default 1 s). A missing or stale socket fails at once with
+    /// [`PassError::NoServer`].
     pub fn connect_timeout(mut self, d: Duration) -> ReceiveOptions {
         self.connect_timeout = d;
         self
     }
 
-    /// Sets [`timeout`](ReceiveOptions::timeout).
+    /// Deadline of the whole exchange, connecting included (default 10 s).
     pub fn timeout(mut self, d: Duration) -> ReceiveOptions {
         self.timeout = d;
         self
     }
 
-    /// Sets [`allow`](ReceiveOptions::allow).
+    /// Which servers to trust, checked with `SO_PEERCRED` (default: the
+    /// same user, [`Peers::SameUser`]).
     pub fn allow(mut self, peers: Peers) -> ReceiveOptions {
         self.allow = peers;
         self
@@ -69,8 +67,8 @@ fn connect(
     deadline: Deadline,
 ) -> Result<UnixStream, PassError> {
     check_path(path)?;
-    let addr = SocketAddrUnix::new(path)
-        .map_err(|e| PassError::io(format!("socket address {path:?}"), e))?;
+    let addr =
+        SocketAddrUnix::new(path).map_err(|e| PassError::io_at("socket address", path, e))?;
     let give_up = (Instant::now() + opts.connect_timeout).min(deadline.at);
     loop {
         let s = rustix::net::socket_with(
@@ -97,7 +95,7 @@ fn connect(
                     source: e.into(),
                 });
             }
-            Err(e) => return Err(PassError::io(format!("connecting to {path:?}"), e)),
+            Err(e) => return Err(PassError::io_at("connecting to", path, e)),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! let mut listener = None;
 //! match pass::receive("/run/app/handoff.sock", |fd, meta| {
 //!     if meta.get("name") == Some("http") {
-//!         listener = Some(fd.into::<std::net::TcpListener>()?);
+//!         listener = Some(fd.convert::<std::net::TcpListener>()?);
 //!     }
 //!     Ok(())
 //! }) {
@@ -41,7 +41,7 @@
 //! Lower-level pieces: [`Sender`]/[`Receiver`] run one session on a connected
 //! std [`UnixStream`](std::os::unix::net::UnixStream) (and, with the `tokio`
 //! feature, `AsyncSender`/`AsyncReceiver` on a tokio one, and
-//! `receive_async`); [`wire`] encodes and decodes frames without any I/O.
+//! `receive_async`); a sans-IO codec (private) encodes and decodes frames.
 //!
 //! # Security
 //!
@@ -121,7 +121,7 @@
 //!
 //! Limits: [`MAX_FDS_PER_MESSAGE`], [`MAX_FDS_PER_RECORD`],
 //! [`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_VALUE_LEN`], and
-//! [`MAX_PATH_LEN`] for the socket path.
+//! [`MAX_UNIX_PATH`](crate::socket::MAX_UNIX_PATH) for the socket path.
 //!
 //! A session of one record with one descriptor and metadata `name=http`:
 //!
@@ -147,7 +147,7 @@ use crate::socket::{ConvertError, FdKind, FromFd};
 mod client;
 mod server;
 mod stream;
-pub mod wire;
+pub(crate) mod wire;
 
 #[cfg(feature = "tokio")]
 pub use client::receive_async;
@@ -164,11 +164,11 @@ pub use stream::{Receiver, Sender};
 /// The protocol version this module speaks.
 pub const VERSION: u16 = 1;
 /// The first four bytes of each hello.
-pub const MAGIC: [u8; 4] = *b"HOVR";
+pub(crate) const MAGIC: [u8; 4] = *b"HOVR";
 /// Length of the hello.
-pub const HELLO_LEN: usize = 8;
+pub(crate) const HELLO_LEN: usize = 8;
 /// Length of a frame header.
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// Most descriptors one frame may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS_PER_MESSAGE: usize = 253;
 /// Most descriptors one record may carry (spread over frames of 253).
@@ -179,8 +179,6 @@ pub const MAX_META_LEN: usize = 64 * 1024;
 pub const MAX_KEY_LEN: usize = 255;
 /// Longest value of a [`Meta`], in bytes.
 pub const MAX_VALUE_LEN: usize = 65_535;
-/// Longest Unix socket path, in bytes (`sun_path` is 108 bytes with its NUL).
-pub const MAX_PATH_LEN: usize = 107;
 
 /// Errors of descriptor passing.
 #[derive(Debug, thiserror::Error)]
@@ -188,8 +186,9 @@ pub const MAX_PATH_LEN: usize = 107;
 pub enum PassError {
     /// The socket path does not fit in `sun_path`.
     #[error(
-        "socket path {path:?} is {len} bytes long, but a Unix socket path can be at most 107 \
-         bytes: pick a shorter directory"
+        "socket path {path:?} is {len} bytes long, but a Unix socket path can be at most {max} \
+         bytes: pick a shorter directory",
+        max = crate::socket::MAX_UNIX_PATH
     )]
     PathTooLong {
         /// The path.
@@ -273,18 +272,14 @@ pub enum PassError {
         /// The version spoken here.
         supported: u16,
     },
-    /// A field has a value the protocol does not allow.
+    /// A frame or the order of frames breaks the protocol.
     #[error(
-        "malformed {what}: expected {expected}, found {found}; the connection was closed with \
-         every descriptor it brought (the peer does not follow the protocol)"
+        "malformed {reason}; the connection was closed with every descriptor it brought (the \
+         peer does not follow the protocol)"
     )]
     Malformed {
-        /// Which part of the stream.
-        what: &'static str,
-        /// What the protocol allows there.
-        expected: String,
-        /// What arrived.
-        found: String,
+        /// What was wrong.
+        reason: Malformed,
     },
     /// A frame header declares another number of descriptors than arrived.
     #[error(
@@ -331,13 +326,13 @@ pub enum PassError {
     #[error("metadata {problem}: expected unique, non-empty UTF-8 keys and UTF-8 values")]
     BadMeta {
         /// What is wrong.
-        problem: String,
+        problem: MetaProblem,
     },
     /// The peer closed the connection early.
     #[error("the connection was closed {during}")]
     Closed {
-        /// When, in words.
-        during: String,
+        /// When.
+        during: ClosedDuring,
     },
     /// A received descriptor is not of the kind asked for.
     #[error("received descriptor {index} of record {record}: {source}")]
@@ -352,22 +347,302 @@ pub enum PassError {
     },
     /// A server handler or client callback failed.
     #[error("{0}")]
-    Handler(Box<dyn std::error::Error + Send + Sync>),
-    /// The API was used in a way it does not support.
-    #[error("{problem}")]
-    Usage {
-        /// What was wrong and what to do instead.
-        problem: String,
+    Handler(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A record to send has no descriptor.
+    #[error("a record must carry at least one descriptor, got none")]
+    EmptyRecord,
+    /// [`pass::listener`](fn@listener) was given something other than a
+    /// listening or UDP socket.
+    #[error(
+        "the listener handler expected a listening socket (TCP or Unix) or a UDP socket, found \
+         {found}: use pass::file or pass::fds for other descriptors"
+    )]
+    NotAListener {
+        /// What it was given.
+        found: FdKind,
+    },
+    /// [`pass::file`](fn@file) was given a socket.
+    #[error(
+        "the file handler expected a file, pipe or device, found {found}: use pass::listener for \
+         listening sockets or pass::fds for any descriptor"
+    )]
+    NotAFile {
+        /// What it was given.
+        found: FdKind,
+    },
+    /// The socket path is empty or contains a NUL byte.
+    #[error("socket path {path:?} must be non-empty and contain no NUL byte")]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another process kept creating a socket at the path while this one
+    /// tried to replace a stale one.
+    #[error(
+        "could not bind {path:?}: another process keeps creating a socket there; stop it or pick \
+         another path"
+    )]
+    BindRace {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The server's thread panicked (see the panic message in the log).
+    #[error("the descriptor-passing server's thread panicked")]
+    ServerPanicked,
+    /// A send on a session that already failed.
+    #[error("this session already failed; close the connection")]
+    SessionFailed,
+    /// A send on a session that was already finished (END sent).
+    #[error("this session was already finished (END sent): send every record before finishing")]
+    SessionFinished,
+    /// [`Receiver::ack`] before the server's END.
+    #[error(
+        "ack before the server's END: read every record first (until next_record returns None)"
+    )]
+    AckBeforeEnd,
+    /// A protocol decoder was used after it failed, or fed more than it
+    /// asked for: a bug in the caller.
+    #[error(
+        "the protocol decoder was misused ({misuse}): after an error drop the connection, and \
+         never feed more bytes than it wants"
+    )]
+    DecoderMisused {
+        /// How.
+        misuse: &'static str,
     },
     /// A system call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}{}: {source}", path.as_ref().map(|p| format!(" {p:?}")).unwrap_or_default())]
     Io {
         /// What was being done.
-        context: String,
+        context: &'static str,
+        /// The socket path concerned, if any.
+        path: Option<PathBuf>,
         /// The error.
         #[source]
         source: io::Error,
     },
+}
+
+/// How a stream broke the protocol; see [`PassError::Malformed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// Bytes or descriptors arrived after the last frame.
+    #[error(
+        "stream: expected nothing after the last frame, found {bytes} byte(s), {fds} descriptor(s)"
+    )]
+    TrailingData {
+        /// Bytes that arrived.
+        bytes: usize,
+        /// Descriptors that arrived.
+        fds: usize,
+    },
+    /// A hello with flags other than 0.
+    #[error("hello: expected flags 0, found flags {flags:#06x}")]
+    HelloFlags {
+        /// The flags.
+        flags: u16,
+    },
+    /// Descriptors declared with an END or ACK frame.
+    #[error("frame header: expected no descriptors with END or ACK, found {fds} descriptor(s)")]
+    FdsWithControlFrame {
+        /// How many were declared.
+        fds: u16,
+    },
+    /// A frame type this side does not accept.
+    #[error("frame header: expected {expected}, found frame type {found}")]
+    FrameType {
+        /// The frame types this side accepts, in words.
+        expected: &'static str,
+        /// The type received.
+        found: u8,
+    },
+    /// A metadata kind other than 0 outside a RECORD frame.
+    #[error("frame header: expected metadata kind 0 outside a RECORD frame, found kind {kind}")]
+    MetaKindOutsideRecord {
+        /// The kind received.
+        kind: u8,
+    },
+    /// A payload outside a RECORD frame.
+    #[error(
+        "frame header: expected no payload outside a RECORD frame, found a payload of {len} bytes"
+    )]
+    PayloadOutsideRecord {
+        /// Its length.
+        len: u32,
+    },
+    /// An unknown metadata kind.
+    #[error(
+        "RECORD frame: expected metadata kind 0 (none), 1 (pairs) or 2 (bytes), found kind {kind}"
+    )]
+    MetaKind {
+        /// The kind received.
+        kind: u8,
+    },
+    /// A record that declares no descriptors, or too many.
+    #[error("RECORD frame: expected a record of 1 to {max} descriptors, found {total} descriptors")]
+    RecordFdCount {
+        /// How many it declared.
+        total: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A RECORD or MORE_FDS frame with no descriptors or more than it may
+    /// carry.
+    #[error("{frame} frame: expected 1 to {max} descriptors attached, found {found}")]
+    AttachedFds {
+        /// "RECORD" or "MORE_FDS".
+        frame: &'static str,
+        /// How many it may carry.
+        max: usize,
+        /// How many it declared.
+        found: usize,
+    },
+    /// A payload with metadata kind 0 (none).
+    #[error(
+        "RECORD frame: expected no payload with metadata kind 0 (none), found a payload of {len} bytes"
+    )]
+    PayloadWithoutMeta {
+        /// Its length.
+        len: u32,
+    },
+    /// MORE_FDS outside a record.
+    #[error("stream: expected a RECORD frame before MORE_FDS, found MORE_FDS outside a record")]
+    MoreFdsOutsideRecord,
+    /// A MORE_FDS frame that does not continue where the record stands.
+    #[error("MORE_FDS frame: expected first index {expected}, found first index {found}")]
+    MoreFdsIndex {
+        /// The index the record is at.
+        expected: u32,
+        /// The index received.
+        found: u32,
+    },
+    /// END counts other records than arrived.
+    #[error("END frame: expected {received} record(s), as received, found {declared} record(s)")]
+    EndCount {
+        /// Records received.
+        received: u32,
+        /// Records the frame counts.
+        declared: u32,
+    },
+    /// ACK counts other records than were sent.
+    #[error("ACK frame: expected {sent} record(s), as sent, found {acked} record(s)")]
+    AckCount {
+        /// Records sent.
+        sent: u32,
+        /// Records the frame counts.
+        acked: u32,
+    },
+    /// A metadata payload that ends in the middle of a pair.
+    #[error(
+        "metadata pairs: expected {need} byte(s) of {field}, found {have} byte(s) left in the payload"
+    )]
+    MetaTruncated {
+        /// "key", "value length" or "value".
+        field: &'static str,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes left.
+        have: usize,
+    },
+    /// A record's MORE_FDS frames were cut short by another frame.
+    #[error(
+        "stream: expected MORE_FDS frames completing record {record} ({received} of {total} \
+         descriptors so far), found {found}"
+    )]
+    RecordUnfinished {
+        /// The record's index.
+        record: u32,
+        /// Its descriptors received so far.
+        received: usize,
+        /// The descriptors it declared.
+        total: usize,
+        /// "a new RECORD frame" or "END".
+        found: &'static str,
+    },
+    /// A message where another was due.
+    #[error("stream: expected {expected}, found {found}")]
+    Unexpected {
+        /// What was due.
+        expected: &'static str,
+        /// What arrived: "a hello", "a record", "END", "ACK", or bytes.
+        found: &'static str,
+    },
+}
+
+/// What is wrong with received or given metadata; see
+/// [`PassError::BadMeta`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaProblem {
+    /// A key is empty.
+    #[error("has an empty key")]
+    EmptyKey,
+    /// A key is not UTF-8 (shown lossily).
+    #[error("key {0:?} is not UTF-8")]
+    KeyNotUtf8(String),
+    /// The value of this key is not UTF-8.
+    #[error("value of key {0:?} is not UTF-8")]
+    ValueNotUtf8(String),
+    /// This key appears twice.
+    #[error("key {0:?} appears twice")]
+    DuplicateKey(String),
+}
+
+/// When a connection closed early; see [`PassError::Closed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClosedDuring {
+    /// Before the server's hello: the server refused this client.
+    #[error(
+        "before the server's hello: the server refused this process (see its log for the \
+         reason; by default only the same user may connect), or it is not a handover pass server"
+    )]
+    ServerHello,
+    /// Before the client's hello (typically a probe checking whether the
+    /// server is alive).
+    #[error("before the client's hello")]
+    ClientHello,
+    /// After some records, before the server's END frame.
+    #[error(
+        "after {records} complete record(s) but before the server's END frame: the server \
+         stopped or failed while sending (see its log)"
+    )]
+    BeforeEnd {
+        /// Complete records received.
+        records: u32,
+    },
+    /// Before the client's ACK.
+    #[error(
+        "before the client's ACK: the client failed or gave up while receiving (see its output)"
+    )]
+    BeforeAck,
+    /// In the middle of a frame.
+    #[error("in the middle of {part} ({read} of {expected} bytes read)")]
+    MidFrame {
+        /// "the hello", "a frame header" or "a record's metadata".
+        part: &'static str,
+        /// Bytes read.
+        read: usize,
+        /// Bytes expected.
+        expected: usize,
+    },
+    /// Between the frames of a record, before all its descriptors came.
+    #[error("in the middle of record {record} ({received} of {total} descriptors received)")]
+    MidRecord {
+        /// The record's index.
+        record: u32,
+        /// Descriptors received.
+        received: usize,
+        /// Descriptors declared.
+        total: usize,
+    },
+    /// By the peer while this side was still sending.
+    #[error("by the peer while this side was still sending")]
+    WhileSending,
+    /// Reset by the peer while receiving.
+    #[error("by the peer (connection reset)")]
+    Reset,
 }
 
 impl PassError {
@@ -387,9 +662,22 @@ impl PassError {
         PassError::Handler(e.into())
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: impl Into<io::Error>) -> PassError {
+    pub(crate) fn io(context: &'static str, source: impl Into<io::Error>) -> PassError {
         PassError::Io {
-            context: context.into(),
+            context,
+            path: None,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn io_at(
+        context: &'static str,
+        path: &std::path::Path,
+        source: impl Into<io::Error>,
+    ) -> PassError {
+        PassError::Io {
+            context,
+            path: Some(path.to_owned()),
             source: source.into(),
         }
     }
@@ -451,7 +739,7 @@ impl Meta {
         for (k, v) in &self.0 {
             if k.is_empty() {
                 return Err(PassError::BadMeta {
-                    problem: "has an empty key".into(),
+                    problem: MetaProblem::EmptyKey,
                 });
             }
             if k.len() > MAX_KEY_LEN {
@@ -497,17 +785,15 @@ impl Meta {
                 hint: "the peer does not follow the protocol",
             });
         }
-        let short = |what: &str, need: usize, have: usize| PassError::Malformed {
-            what: "metadata pairs",
-            expected: format!("{need} byte(s) of {what}"),
-            found: format!("{have} byte(s) left in the payload"),
+        let short = |field: &'static str, need: usize, have: usize| PassError::Malformed {
+            reason: Malformed::MetaTruncated { field, need, have },
         };
         let mut map = BTreeMap::new();
         while let Some((&klen, rest)) = b.split_first() {
             let klen = usize::from(klen);
             if klen == 0 {
                 return Err(PassError::BadMeta {
-                    problem: "has an empty key".into(),
+                    problem: MetaProblem::EmptyKey,
                 });
             }
             if rest.len() < klen {
@@ -524,14 +810,14 @@ impl Meta {
             }
             let (value, rest) = rest.split_at(vlen);
             let key = std::str::from_utf8(key).map_err(|_| PassError::BadMeta {
-                problem: format!("key {:?} is not UTF-8", String::from_utf8_lossy(key)),
+                problem: MetaProblem::KeyNotUtf8(String::from_utf8_lossy(key).into_owned()),
             })?;
             let value = std::str::from_utf8(value).map_err(|_| PassError::BadMeta {
-                problem: format!("value of key {key:?} is not UTF-8"),
+                problem: MetaProblem::ValueNotUtf8(key.to_owned()),
             })?;
             if map.insert(key.to_owned(), value.to_owned()).is_some() {
                 return Err(PassError::BadMeta {
-                    problem: format!("key {key:?} appears twice"),
+                    problem: MetaProblem::DuplicateKey(key.to_owned()),
                 });
             }
             b = rest;
@@ -635,7 +921,7 @@ pub struct Record {
 
 /// One received descriptor, as handed to a [`receive`] callback.
 ///
-/// Turn it into the type you expect with [`into`](Received::into), which
+/// Turn it into the type you expect with [`convert`](Received::convert), which
 /// checks the descriptor's kind first (see [`FromFd`]).
 #[derive(Debug)]
 pub struct Received {
@@ -667,7 +953,7 @@ impl Received {
     /// Converts into `T` (for example `std::net::TcpListener`,
     /// `tokio::net::UdpSocket`, `std::fs::File`) after checking the kind; on
     /// a wrong kind the error names both, and the descriptor is closed.
-    pub fn into<T: FromFd>(self) -> Result<T, PassError> {
+    pub fn convert<T: FromFd>(self) -> Result<T, PassError> {
         T::from_fd(self.fd).map_err(|source| PassError::Convert {
             record: self.record,
             index: self.index,
@@ -773,15 +1059,15 @@ impl fmt::Debug for Peers {
 pub(crate) fn check_path(path: &std::path::Path) -> Result<(), PassError> {
     use std::os::unix::ffi::OsStrExt;
     let len = path.as_os_str().as_bytes().len();
-    if len > MAX_PATH_LEN {
+    if len > crate::socket::MAX_UNIX_PATH {
         return Err(PassError::PathTooLong {
             path: path.to_path_buf(),
             len,
         });
     }
     if len == 0 || path.as_os_str().as_bytes().contains(&0) {
-        return Err(PassError::Usage {
-            problem: format!("socket path {path:?} must be non-empty and contain no NUL byte"),
+        return Err(PassError::BadPath {
+            path: path.to_owned(),
         });
     }
     Ok(())

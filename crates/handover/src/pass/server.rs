@@ -5,8 +5,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use crate::socket::{UnixPath, probe_unix_path};
+use crate::sync::Event;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,12 +139,7 @@ impl<F: AsFd + Send + Sync + 'static> Handler for ListenerHandler<F> {
                 | FdKind::UnixSeqpacket { listening: true }
         );
         if !ok {
-            return Err(PassError::Usage {
-                problem: format!(
-                    "the listener handler expected a listening socket (TCP or Unix) or a UDP \
-                     socket, found {kind}: use pass::file or pass::fds for other descriptors"
-                ),
-            });
+            return Err(PassError::NotAListener { found: kind });
         }
         session.send(&[self.fd.as_fd()], &self.meta)
     }
@@ -168,12 +166,7 @@ impl<F: AsFd + Send + Sync + 'static> Handler for FileHandler<F> {
         let kind = FdKind::of(self.fd.as_fd())
             .map_err(|e| PassError::io("inspecting the descriptor to send", e))?;
         if kind.is_socket() {
-            return Err(PassError::Usage {
-                problem: format!(
-                    "the file handler expected a file, pipe or device, found {kind}: use \
-                     pass::listener for listening sockets or pass::fds for any descriptor"
-                ),
-            });
+            return Err(PassError::NotAFile { found: kind });
         }
         session.send(&[self.fd.as_fd()], &self.meta)
     }
@@ -305,8 +298,9 @@ impl Session<'_> {
         if self.stopper.stop_and_wait(Duration::from_secs(5)) {
             Ok(())
         } else {
-            Err(PassError::Usage {
-                problem: "the server did not stop accepting within 5 s".into(),
+            Err(PassError::Timeout {
+                waiting_for: "the server to stop accepting",
+                after: Duration::from_secs(5),
             })
         }
     }
@@ -320,8 +314,8 @@ impl Session<'_> {
 struct StopState {
     efd: OwnedFd,
     requested: AtomicBool,
-    closed: Mutex<bool>,
-    cv: Condvar,
+    /// Set once the socket is closed and its file removed.
+    closed: Event<()>,
 }
 
 /// Stops a [`Server`] from another thread, or from a handler.
@@ -343,8 +337,7 @@ impl Stopper {
         Ok(Stopper(Arc::new(StopState {
             efd,
             requested: AtomicBool::new(false),
-            closed: Mutex::new(false),
-            cv: Condvar::new(),
+            closed: Event::new(),
         })))
     }
 
@@ -362,13 +355,7 @@ impl Stopper {
     /// is closed and its file removed. Returns whether it was.
     pub fn stop_and_wait(&self, timeout: Duration) -> bool {
         self.stop();
-        let closed = self.0.closed.lock().unwrap_or_else(PoisonError::into_inner);
-        let (closed, _) = self
-            .0
-            .cv
-            .wait_timeout_while(closed, timeout, |c| !*c)
-            .unwrap_or_else(PoisonError::into_inner);
-        *closed
+        self.0.closed.wait_timeout(timeout).is_some()
     }
 
     /// Whether a stop was requested.
@@ -377,8 +364,7 @@ impl Stopper {
     }
 
     fn mark_closed(&self) {
-        *self.0.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.0.cv.notify_all();
+        self.0.closed.set(());
     }
 }
 
@@ -429,31 +415,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-enum Probe {
-    Live,
-    Stale,
-    Gone,
-}
-
-fn probe(path: &Path, addr: &SocketAddrUnix) -> Result<Probe, PassError> {
-    let s = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .map_err(|e| PassError::io("creating a Unix socket", e))?;
-    match rustix::net::connect(&s, addr) {
-        Ok(()) | Err(Errno::AGAIN) | Err(Errno::INPROGRESS) => Ok(Probe::Live),
-        Err(Errno::CONNREFUSED) => Ok(Probe::Stale),
-        Err(Errno::NOENT) => Ok(Probe::Gone),
-        Err(e) => Err(PassError::io(
-            format!("connecting to {path:?} to check whether a server is still running there"),
-            e,
-        )),
-    }
-}
-
 impl Server {
     /// Creates the socket file at `path` (mode `0600`) and listens on it.
     ///
@@ -466,8 +427,8 @@ impl Server {
     pub fn bind(path: impl AsRef<Path>) -> Result<Server, PassError> {
         let path = path.as_ref();
         check_path(path)?;
-        let addr = SocketAddrUnix::new(path)
-            .map_err(|e| PassError::io(format!("socket address {path:?}"), e))?;
+        let addr =
+            SocketAddrUnix::new(path).map_err(|e| PassError::io_at("socket address", path, e))?;
         for _ in 0..3 {
             let sock = rustix::net::socket_with(
                 AddressFamily::UNIX,
@@ -479,14 +440,21 @@ impl Server {
             match rustix::net::bind(&sock, &addr) {
                 Ok(()) => {}
                 Err(Errno::ADDRINUSE) => {
-                    match probe(path, &addr)? {
-                        Probe::Live => {
+                    let probed = probe_unix_path(path).map_err(|e| {
+                        PassError::io_at(
+                            "connecting to check whether a server is still running at",
+                            path,
+                            e,
+                        )
+                    })?;
+                    match probed {
+                        UnixPath::Live => {
                             return Err(PassError::AlreadyServing {
                                 path: path.to_path_buf(),
                             });
                         }
-                        Probe::Gone => {}
-                        Probe::Stale => {
+                        UnixPath::Missing => {}
+                        UnixPath::Refused => {
                             let st = rustix::fs::lstat(path);
                             if let Ok(st) = st
                                 && rustix::fs::FileType::from_raw_mode(st.st_mode)
@@ -500,8 +468,9 @@ impl Server {
                             match rustix::fs::unlink(path) {
                                 Ok(()) | Err(Errno::NOENT) => {}
                                 Err(e) => {
-                                    return Err(PassError::io(
-                                        format!("removing the stale socket file {path:?}"),
+                                    return Err(PassError::io_at(
+                                        "removing the stale socket file",
+                                        path,
                                         e,
                                     ));
                                 }
@@ -511,33 +480,31 @@ impl Server {
                     continue;
                 }
                 Err(e) => {
-                    return Err(PassError::io(
-                        format!("binding the socket {path:?} (its directory must exist)"),
+                    return Err(PassError::io_at(
+                        "binding the socket (its directory must exist) at",
+                        path,
                         e,
                     ));
                 }
             }
             // Nobody can connect before listen(): tighten the mode first.
             let st = rustix::fs::lstat(path)
-                .map_err(|e| PassError::io(format!("inspecting the new socket {path:?}"), e))?;
+                .map_err(|e| PassError::io_at("inspecting the new socket", path, e))?;
             let bound = Bound {
                 path: path.to_path_buf(),
                 dev: st.st_dev,
                 ino: st.st_ino,
             };
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| PassError::io(format!("setting mode 0600 on {path:?}"), e))?;
+                .map_err(|e| PassError::io_at("setting mode 0600 on", path, e))?;
             rustix::net::listen(&sock, 128)
-                .map_err(|e| PassError::io(format!("listening on {path:?}"), e))?;
+                .map_err(|e| PassError::io_at("listening on", path, e))?;
             let mut server = Server::from_listener(UnixListener::from(sock))?;
             server.bound = Some(bound);
             return Ok(server);
         }
-        Err(PassError::Usage {
-            problem: format!(
-                "could not bind {path:?}: another process keeps creating a socket there; stop it \
-                 or pick another path"
-            ),
+        Err(PassError::BindRace {
+            path: path.to_path_buf(),
         })
     }
 
@@ -806,11 +773,7 @@ impl ServerHandle {
 
     fn join_inner(&mut self) -> Result<(), PassError> {
         match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| {
-                Err(PassError::Usage {
-                    problem: "the server thread panicked".into(),
-                })
-            }),
+            Some(t) => t.join().unwrap_or_else(|_| Err(PassError::ServerPanicked)),
             None => Ok(()),
         }
     }

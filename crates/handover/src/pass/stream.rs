@@ -20,7 +20,7 @@ use rustix::net::{
 };
 
 use super::wire::{self, Decoder, Event, Side};
-use super::{MAX_FDS_PER_MESSAGE, Metadata, PassError, Record, VERSION};
+use super::{ClosedDuring, MAX_FDS_PER_MESSAGE, Malformed, Metadata, PassError, Record, VERSION};
 
 /// Control buffer space for one frame's descriptors.
 const CONTROL_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE));
@@ -169,7 +169,7 @@ fn write_frame(
 fn write_error(e: std::io::Error) -> PassError {
     match e.raw_os_error() {
         Some(libc::EPIPE) | Some(libc::ECONNRESET) => PassError::Closed {
-            during: "by the peer while this side was still sending".into(),
+            during: ClosedDuring::WhileSending,
         },
         _ => PassError::io("sending on the connection", e),
     }
@@ -237,22 +237,23 @@ fn read_event(
 fn read_error(e: std::io::Error) -> PassError {
     if e.raw_os_error() == Some(libc::ECONNRESET) {
         PassError::Closed {
-            during: "by the peer (connection reset)".into(),
+            during: ClosedDuring::Reset,
         }
     } else {
         PassError::io("receiving on the connection", e)
     }
 }
 
-fn unexpected(expected: &str, found: &Event) -> PassError {
+fn unexpected(expected: &'static str, found: &Event) -> PassError {
     PassError::Malformed {
-        what: "stream",
-        expected: expected.into(),
-        found: match found {
-            Event::Hello { .. } => "a hello".into(),
-            Event::Record { .. } => "a record".into(),
-            Event::End { .. } => "END".into(),
-            Event::Ack { .. } => "ACK".into(),
+        reason: Malformed::Unexpected {
+            expected,
+            found: match found {
+                Event::Hello { .. } => "a hello",
+                Event::Record { .. } => "a record",
+                Event::End { .. } => "END",
+                Event::Ack { .. } => "ACK",
+            },
         },
     }
 }
@@ -261,13 +262,14 @@ fn check_ack(sent: u32, event: Option<Event>) -> Result<(), PassError> {
     match event {
         Some(Event::Ack { records }) if records == sent => Ok(()),
         Some(Event::Ack { records }) => Err(PassError::Malformed {
-            what: "ACK frame",
-            expected: format!("{sent} record(s), as sent"),
-            found: format!("{records} record(s)"),
+            reason: Malformed::AckCount {
+                sent,
+                acked: records,
+            },
         }),
         Some(e) => Err(unexpected("ACK", &e)),
         None => Err(PassError::Closed {
-            during: "before the client's ACK".into(),
+            during: ClosedDuring::BeforeAck,
         }),
     }
 }
@@ -277,22 +279,19 @@ fn check_ack(sent: u32, event: Option<Event>) -> Result<(), PassError> {
 fn refused(e: PassError) -> PassError {
     match e {
         PassError::Closed { .. } => PassError::Closed {
-            during: REFUSED.into(),
+            during: ClosedDuring::ServerHello,
         },
         e => e,
     }
 }
-
-pub(crate) const REFUSED: &str = "before the server's hello: the server refused this process (see its log \
-                       for the reason; by default only the same user may connect), or it is not \
-                       a handover pass server";
 
 fn check_hello(event: Option<Event>) -> Result<u16, PassError> {
     match event {
         Some(Event::Hello { version }) => Ok(version),
         Some(e) => Err(unexpected("a hello", &e)),
         None => Err(PassError::Closed {
-            during: "before the hello".into(),
+            // On the client side, `refused` makes this ServerHello.
+            during: ClosedDuring::ClientHello,
         }),
     }
 }
@@ -307,21 +306,13 @@ fn record_or_end(event: Option<Event>) -> Result<Option<Record>, PassError> {
 
 fn check_send(finished: bool, failed: bool, fds: usize) -> Result<(), PassError> {
     if failed {
-        return Err(PassError::Usage {
-            problem: "this session already failed; close the connection".into(),
-        });
+        return Err(PassError::SessionFailed);
     }
     if finished {
-        return Err(PassError::Usage {
-            problem: "this session was already finished (END sent): send every record before \
-                      finishing"
-                .into(),
-        });
+        return Err(PassError::SessionFinished);
     }
     if fds == 0 {
-        return Err(PassError::Usage {
-            problem: "a record must carry at least one descriptor, got none".into(),
-        });
+        return Err(PassError::EmptyRecord);
     }
     Ok(())
 }
@@ -509,11 +500,7 @@ impl<'a> Receiver<'a> {
     /// ([`next_record`](Receiver::next_record) returned `None`).
     pub fn ack(&mut self) -> Result<(), PassError> {
         if !self.decoder.is_done() {
-            return Err(PassError::Usage {
-                problem: "ack before the server's END: read every record first (until \
-                          next_record returns None)"
-                    .into(),
-            });
+            return Err(PassError::AckBeforeEnd);
         }
         if !self.acked {
             self.acked = true;
@@ -538,9 +525,10 @@ impl<'a> Receiver<'a> {
                 Ok(c) if c.n == 0 && c.fds.is_empty() => return Ok(()),
                 Ok(c) => {
                     return Err(PassError::Malformed {
-                        what: "stream",
-                        expected: "nothing after END".into(),
-                        found: format!("{} byte(s), {} descriptor(s)", c.n, c.fds.len()),
+                        reason: Malformed::TrailingData {
+                            bytes: c.n,
+                            fds: c.fds.len(),
+                        },
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -779,11 +767,7 @@ mod asynch {
         /// Tells the server every record arrived; see [`Receiver::ack`].
         pub async fn ack(&mut self) -> Result<(), PassError> {
             if !self.decoder.is_done() {
-                return Err(PassError::Usage {
-                    problem: "ack before the server's END: read every record first (until \
-                              next_record returns None)"
-                        .into(),
-                });
+                return Err(PassError::AckBeforeEnd);
             }
             if !self.acked {
                 self.acked = true;
@@ -804,9 +788,10 @@ mod asynch {
                 Err(_) => Err(self.deadline.expired("the server to close the connection")),
                 Ok(Ok(c)) if c.n == 0 && c.fds.is_empty() => Ok(()),
                 Ok(Ok(c)) => Err(PassError::Malformed {
-                    what: "stream",
-                    expected: "nothing after END".into(),
-                    found: format!("{} byte(s), {} descriptor(s)", c.n, c.fds.len()),
+                    reason: Malformed::TrailingData {
+                        bytes: c.n,
+                        fds: c.fds.len(),
+                    },
                 }),
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => Ok(()),
                 Ok(Err(e)) => Err(read_error(e)),

@@ -10,7 +10,7 @@
 //! [`OwnedFd`]) so a test can feed it tokens that count their own drops.
 //!
 //! ```
-//! use handover::pass::wire::{self, Decoder, Event, Side};
+//! use handover::__private::wire::{self, Decoder, Event, Side};
 //! use handover::pass::{Meta, Metadata, VERSION};
 //!
 //! // What a server writes (a hello, one record with 2 descriptors, END)...
@@ -44,6 +44,7 @@
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 
+use super::{ClosedDuring, Malformed};
 use super::{
     HEADER_LEN, HELLO_LEN, MAGIC, MAX_FDS_PER_MESSAGE, MAX_FDS_PER_RECORD, MAX_META_LEN, Meta,
     Metadata, PassError, VERSION,
@@ -137,9 +138,7 @@ fn too_large(field: &'static str, len: usize, max: usize, hint: &'static str) ->
 /// `MORE_FDS` frames as the rest need (253 each, the last one fewer).
 pub fn encode_record(nfds: usize, meta: &Metadata) -> Result<Vec<Frame>, PassError> {
     if nfds == 0 {
-        return Err(PassError::Usage {
-            problem: "a record must carry at least one descriptor, got none".into(),
-        });
+        return Err(PassError::EmptyRecord);
     }
     if nfds > MAX_FDS_PER_RECORD {
         return Err(too_large(
@@ -360,36 +359,27 @@ impl<F> Decoder<F> {
     pub fn eof(&mut self) -> Result<(), PassError> {
         let result = match self.state {
             State::Done => Ok(()),
-            State::Failed => Err(PassError::Usage {
-                problem: "the decoder already failed; drop the connection".into(),
+            State::Failed => Err(PassError::DecoderMisused {
+                misuse: "used after it failed",
             }),
             State::Hello if self.buf.is_empty() => Err(PassError::Closed {
                 during: match self.side {
-                    Side::Client => super::stream::REFUSED.into(),
-                    Side::Server => "before the client's hello".into(),
+                    Side::Client => ClosedDuring::ServerHello,
+                    Side::Server => ClosedDuring::ClientHello,
                 },
             }),
             State::Header if self.buf.is_empty() && self.partial.is_none() => {
                 Err(PassError::Closed {
                     during: match self.side {
-                        Side::Client => format!(
-                            "after {} complete record(s) but before the server's END frame: the \
-                             server stopped or failed while sending (see its log)",
-                            self.records
-                        ),
-                        Side::Server => "before the client's ACK: the client failed or \
-                                         gave up while receiving (see its output)"
-                            .into(),
+                        Side::Client => ClosedDuring::BeforeEnd {
+                            records: self.records,
+                        },
+                        Side::Server => ClosedDuring::BeforeAck,
                     },
                 })
             }
             _ => Err(PassError::Closed {
-                during: format!(
-                    "in the middle of {} ({} of {} bytes read)",
-                    self.element(),
-                    self.buf.len(),
-                    self.need
-                ),
+                during: self.mid_frame(),
             }),
         };
         if result.is_err() {
@@ -404,17 +394,25 @@ impl<F> Decoder<F> {
         self.fail();
     }
 
-    fn element(&self) -> String {
-        match (self.state, &self.partial) {
-            (State::Hello, _) => "the hello".into(),
-            (State::Payload, _) => format!("the metadata of record {}", self.records),
-            (_, Some(p)) => format!(
-                "record {} ({} of {} descriptors received)",
-                self.records,
-                p.fds.len(),
-                p.total
-            ),
-            _ => "a frame header".into(),
+    /// Where the stream stands, for an early end.
+    fn mid_frame(&self) -> ClosedDuring {
+        let part = match (self.state, &self.partial) {
+            (State::Hello, _) => "the hello",
+            (State::Payload, _) => "a record's metadata",
+            (_, Some(p)) => {
+                return ClosedDuring::MidRecord {
+                    record: self.records,
+                    received: p.fds.len(),
+                    total: p.total,
+                };
+            }
+            _ => "a frame header",
+        };
+        let (read, expected) = (self.buf.len(), self.need);
+        ClosedDuring::MidFrame {
+            part,
+            read,
+            expected,
         }
     }
 
@@ -427,19 +425,18 @@ impl<F> Decoder<F> {
     fn step(&mut self, bytes: &[u8], fds: Vec<F>) -> Result<Option<Event<F>>, PassError> {
         match self.state {
             State::Failed => {
-                return Err(PassError::Usage {
-                    problem: "the decoder already failed; drop the connection".into(),
+                return Err(PassError::DecoderMisused {
+                    misuse: "used after it failed",
                 });
             }
             State::Done => {
                 if bytes.is_empty() && fds.is_empty() {
                     return Ok(None);
                 }
-                return Err(malformed(
-                    "stream",
-                    "nothing after the last frame",
-                    format!("{} more byte(s), {} descriptor(s)", bytes.len(), fds.len()),
-                ));
+                return Err(malformed(Malformed::TrailingData {
+                    bytes: bytes.len(),
+                    fds: fds.len(),
+                }));
             }
             _ => {}
         }
@@ -453,13 +450,8 @@ impl<F> Decoder<F> {
             });
         }
         if bytes.len() > self.want() {
-            return Err(PassError::Usage {
-                problem: format!(
-                    "fed {} bytes to the decoder, which wanted at most {}: reads must not cross \
-                     a frame boundary",
-                    bytes.len(),
-                    self.want()
-                ),
+            return Err(PassError::DecoderMisused {
+                misuse: "fed more bytes than it wanted: reads must not cross a frame boundary",
             });
         }
         if self.frame_start {
@@ -539,7 +531,7 @@ impl<F> Decoder<F> {
             });
         }
         if flags != 0 {
-            return Err(malformed("hello", "flags 0", format!("flags {flags:#06x}")));
+            return Err(malformed(Malformed::HelloFlags { flags }));
         }
         self.next_frame();
         Ok(Some(Event::Hello { version }))
@@ -556,42 +548,31 @@ impl<F> Decoder<F> {
             });
         }
         if matches!(h.frame, FRAME_END | FRAME_ACK) && h.fds != 0 {
-            return Err(malformed(
-                "frame header",
-                "no descriptors with END or ACK",
-                format!("{} descriptor(s)", h.fds),
-            ));
+            return Err(malformed(Malformed::FdsWithControlFrame { fds: h.fds }));
         }
         let allowed: &[u8] = match self.side {
             Side::Client => &[FRAME_RECORD, FRAME_MORE_FDS, FRAME_END],
             Side::Server => &[FRAME_ACK],
         };
         if !allowed.contains(&h.frame) {
-            return Err(malformed(
-                "frame header",
-                match self.side {
+            return Err(malformed(Malformed::FrameType {
+                expected: match self.side {
                     Side::Client => "frame type 1 (RECORD), 2 (MORE_FDS) or 3 (END)",
                     Side::Server => "frame type 4 (ACK)",
                 },
-                format!("type {}", h.frame),
-            ));
+                found: h.frame,
+            }));
         }
         // Whether a record is waiting for more descriptors (the descriptors
         // of this very frame were already added to `partial`).
         let in_record = self.partial.as_ref().is_some_and(|p| p.total > 0);
         if h.frame != FRAME_RECORD && h.meta_kind != META_NONE {
-            return Err(malformed(
-                "frame header",
-                "metadata kind 0 outside a RECORD frame",
-                format!("kind {}", h.meta_kind),
-            ));
+            return Err(malformed(Malformed::MetaKindOutsideRecord {
+                kind: h.meta_kind,
+            }));
         }
         if h.frame != FRAME_RECORD && h.len != 0 {
-            return Err(malformed(
-                "frame header",
-                "no payload outside a RECORD frame",
-                format!("a payload of {} bytes", h.len),
-            ));
+            return Err(malformed(Malformed::PayloadOutsideRecord { len: h.len }));
         }
         match h.frame {
             FRAME_RECORD => {
@@ -599,29 +580,21 @@ impl<F> Decoder<F> {
                     return Err(self.record_unfinished("a new RECORD frame"));
                 }
                 if h.meta_kind > META_BYTES {
-                    return Err(malformed(
-                        "RECORD frame",
-                        "metadata kind 0 (none), 1 (pairs) or 2 (bytes)",
-                        format!("kind {}", h.meta_kind),
-                    ));
+                    return Err(malformed(Malformed::MetaKind { kind: h.meta_kind }));
                 }
                 let total = h.count as usize;
                 if total == 0 || total > MAX_FDS_PER_RECORD {
-                    return Err(malformed(
-                        "RECORD frame",
-                        format!("a record of 1 to {MAX_FDS_PER_RECORD} descriptors"),
-                        format!("{total} descriptors"),
-                    ));
+                    return Err(malformed(Malformed::RecordFdCount {
+                        total: total as u64,
+                        max: MAX_FDS_PER_RECORD,
+                    }));
                 }
                 if h.fds == 0 || usize::from(h.fds) > total {
-                    return Err(malformed(
-                        "RECORD frame",
-                        format!(
-                            "1 to {} descriptors attached",
-                            total.min(MAX_FDS_PER_MESSAGE)
-                        ),
-                        format!("{} attached", h.fds),
-                    ));
+                    return Err(malformed(Malformed::AttachedFds {
+                        frame: "RECORD",
+                        max: total.min(MAX_FDS_PER_MESSAGE),
+                        found: usize::from(h.fds),
+                    }));
                 }
                 let len = h.len as usize;
                 if len > MAX_META_LEN {
@@ -633,11 +606,7 @@ impl<F> Decoder<F> {
                     ));
                 }
                 if h.meta_kind == META_NONE && len != 0 {
-                    return Err(malformed(
-                        "RECORD frame",
-                        "no payload with metadata kind 0 (none)",
-                        format!("a payload of {len} bytes"),
-                    ));
+                    return Err(malformed(Malformed::PayloadWithoutMeta { len: h.len }));
                 }
                 let p = self
                     .partial
@@ -661,30 +630,22 @@ impl<F> Decoder<F> {
             }
             FRAME_MORE_FDS => {
                 let Some(p) = self.partial.as_ref().filter(|p| p.total > 0) else {
-                    return Err(malformed(
-                        "stream",
-                        "a RECORD frame before MORE_FDS",
-                        "MORE_FDS outside a record",
-                    ));
+                    return Err(malformed(Malformed::MoreFdsOutsideRecord));
                 };
                 let before = p.fds.len() - usize::from(h.fds);
                 let remaining = p.total - before;
                 if h.fds == 0 || usize::from(h.fds) > remaining {
-                    return Err(malformed(
-                        "MORE_FDS frame",
-                        format!(
-                            "1 to {} descriptors attached",
-                            remaining.min(MAX_FDS_PER_MESSAGE)
-                        ),
-                        format!("{} attached", h.fds),
-                    ));
+                    return Err(malformed(Malformed::AttachedFds {
+                        frame: "MORE_FDS",
+                        max: remaining.min(MAX_FDS_PER_MESSAGE),
+                        found: usize::from(h.fds),
+                    }));
                 }
                 if h.count as usize != before {
-                    return Err(malformed(
-                        "MORE_FDS frame",
-                        format!("first index {before}"),
-                        format!("first index {}", h.count),
-                    ));
+                    return Err(malformed(Malformed::MoreFdsIndex {
+                        expected: before as u32,
+                        found: h.count,
+                    }));
                 }
                 Ok(self.maybe_complete())
             }
@@ -693,11 +654,10 @@ impl<F> Decoder<F> {
                     return Err(self.record_unfinished("END"));
                 }
                 if h.count != self.records {
-                    return Err(malformed(
-                        "END frame",
-                        format!("{} record(s), as received", self.records),
-                        format!("{} record(s)", h.count),
-                    ));
+                    return Err(malformed(Malformed::EndCount {
+                        received: self.records,
+                        declared: h.count,
+                    }));
                 }
                 self.state = State::Done;
                 self.buf = Vec::new();
@@ -712,19 +672,17 @@ impl<F> Decoder<F> {
         }
     }
 
-    fn record_unfinished(&self, found: &str) -> PassError {
+    fn record_unfinished(&self, found: &'static str) -> PassError {
         let (have, total) = self
             .partial
             .as_ref()
             .map_or((0, 0), |p| (p.fds.len(), p.total));
-        malformed(
-            "stream",
-            format!(
-                "MORE_FDS frames completing record {} ({have} of {total} descriptors so far)",
-                self.records
-            ),
-            found.to_string(),
-        )
+        malformed(Malformed::RecordUnfinished {
+            record: self.records,
+            received: have,
+            total,
+            found,
+        })
     }
 
     fn payload_done(&mut self) -> Result<Option<Event<F>>, PassError> {
@@ -756,16 +714,8 @@ impl<F> Decoder<F> {
     }
 }
 
-fn malformed(
-    what: &'static str,
-    expected: impl Into<String>,
-    found: impl Into<String>,
-) -> PassError {
-    PassError::Malformed {
-        what,
-        expected: expected.into(),
-        found: found.into(),
-    }
+fn malformed(reason: Malformed) -> PassError {
+    PassError::Malformed { reason }
 }
 
 #[cfg(test)]

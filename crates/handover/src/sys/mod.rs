@@ -144,6 +144,12 @@ pub(crate) fn fd_is_open(fd: RawFd) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The variables of socket activation (sd_listen_fds(3)). Named here, in
+/// the lowest layer, because the layers that keep them from leaking sit
+/// below `activation`: [`crate::process`] never passes them on, and
+/// [`unset_listen_env`] removes them.
+pub(crate) const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+
 /// Removes `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` from this
 /// process's environment, so that programs it starts later do not see them.
 ///
@@ -157,7 +163,7 @@ pub(crate) fn fd_is_open(fd: RawFd) -> io::Result<bool> {
 /// Call this early in `main`, before any thread is started (in particular
 /// before a tokio runtime is built).
 pub unsafe fn unset_listen_env() {
-    for key in crate::activation::LISTEN_VARS {
+    for key in LISTEN_VARS {
         // SAFETY: the caller guarantees the process is single-threaded.
         unsafe { std::env::remove_var(key) };
     }

@@ -121,50 +121,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Settings for [`serve_connection`], [`serve_connection_auto`] and
 /// [`serve`].
 ///
-/// Make one with `HttpOptions::default()` and the `with_*` methods (or set
-/// the fields of a default value).
+/// Make one with `HttpOptions::default()` and by-value setters, like the
+/// crate's other option structs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HttpOptions {
-    /// Once draining, how long an HTTP/1.1 connection with no request in
-    /// progress, or a connection of either protocol that has sent nothing
-    /// yet, must stay idle (no byte received or sent) before it is closed.
-    /// Default: 2 s.
-    ///
-    /// This gives a client that is about to send its next request time to do
-    /// so: that request is answered (with `Connection: close`) instead of
-    /// racing the close.
-    pub idle_grace: Duration,
-    /// How long the client may take to send a request's headers, counted
-    /// from the end of the previous response (so it also closes keep-alive
-    /// connections idle this long, draining or not), and from the accept for
-    /// the first bytes of a connection. `None`: no limit. Default: 30 s.
-    pub header_read_timeout: Option<Duration>,
-    /// Whether [`serve_connection_auto`] and [`serve`] serve HTTP/2 to
-    /// clients that start with its preface (h2c with prior knowledge, and
-    /// h2 over TLS). When false they serve HTTP/1.x only. Default: true.
-    pub http2: bool,
-    /// HTTP/2: once the client has acknowledged the first GOAWAY's PING,
-    /// how much longer the server waits before the second GOAWAY, which
-    /// fixes the last stream it serves. Default: 1 s.
-    ///
-    /// One round trip (the PING) is what RFC 9113 asks for, but the common
-    /// client libraries (`h2`, nghttp2) send the PING acknowledgement before
-    /// the requests they had queued, so a few streams opened just before
-    /// the client saw the first GOAWAY would arrive after it and be dropped
-    /// (a client may retry them, but many count them as errors). The
-    /// acknowledgement is held back this long while the frames after it are
-    /// read; Envoy's `drain_timeout` (default 5 s) is the same wait. It only
-    /// delays the end of a draining connection, never a response.
-    pub http2_goaway_delay: Duration,
-    /// Whether [`serve`] sets `TCP_NODELAY` on accepted TCP connections, as
-    /// HTTP servers usually do (responses are written whole). Default: true.
-    pub tcp_nodelay: bool,
-    /// TLS for [`serve`] (feature `tls`): each accepted connection does the
-    /// handshake first (in its own task), then speaks what ALPN chose.
-    /// Default: none (plain TCP).
+    idle_grace: Duration,
+    header_read_timeout: Option<Duration>,
+    http2: bool,
+    http2_goaway_delay: Duration,
+    tcp_nodelay: bool,
     #[cfg(feature = "tls")]
-    pub tls: Option<super::tls::TlsAcceptor>,
+    tls: Option<super::tls::TlsAcceptor>,
 }
 
 impl Default for HttpOptions {
@@ -182,39 +150,65 @@ impl Default for HttpOptions {
 }
 
 impl HttpOptions {
-    /// Sets [`idle_grace`](HttpOptions::idle_grace).
-    pub fn with_idle_grace(mut self, grace: Duration) -> Self {
+    /// Once draining, how long an HTTP/1.1 connection with no request in
+    /// progress, or a connection of either protocol that has sent nothing
+    /// yet, must stay idle (no byte received or sent) before it is closed.
+    /// Default: 2 s.
+    ///
+    /// This gives a client that is about to send its next request time to do
+    /// so: that request is answered (with `Connection: close`) instead of
+    /// racing the close.
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
         self
     }
 
-    /// Sets [`header_read_timeout`](HttpOptions::header_read_timeout).
-    pub fn with_header_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+    /// How long the client may take to send a request's headers, counted
+    /// from the end of the previous response (so it also closes keep-alive
+    /// connections idle this long, draining or not), and from the accept for
+    /// the first bytes of a connection. `None`: no limit. Default: 30 s.
+    pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.header_read_timeout = timeout;
         self
     }
 
-    /// Sets [`http2`](HttpOptions::http2).
-    pub fn with_http2(mut self, http2: bool) -> Self {
+    /// Whether [`serve_connection_auto`] and [`serve`] serve HTTP/2 to
+    /// clients that start with its preface (h2c with prior knowledge, and
+    /// h2 over TLS). When false they serve HTTP/1.x only. Default: true.
+    pub fn http2(mut self, http2: bool) -> Self {
         self.http2 = http2;
         self
     }
 
-    /// Sets [`http2_goaway_delay`](HttpOptions::http2_goaway_delay).
-    pub fn with_http2_goaway_delay(mut self, delay: Duration) -> Self {
+    /// HTTP/2: once the client has acknowledged the first GOAWAY's PING,
+    /// how much longer the server waits before the second GOAWAY, which
+    /// fixes the last stream it serves. Default: 1 s.
+    ///
+    /// One round trip (the PING) is what RFC 9113 asks for, but the common
+    /// client libraries (`h2`, nghttp2) send the PING acknowledgement before
+    /// the requests they had queued, so a few streams opened just before
+    /// the client saw the first GOAWAY would arrive after it and be dropped
+    /// (a client may retry them, but many count them as errors). The
+    /// acknowledgement is held back this long while the frames after it are
+    /// read; Envoy's `drain_timeout` (default 5 s) is the same wait. It only
+    /// delays the end of a draining connection, never a response.
+    pub fn http2_goaway_delay(mut self, delay: Duration) -> Self {
         self.http2_goaway_delay = delay;
         self
     }
 
-    /// Sets [`tcp_nodelay`](HttpOptions::tcp_nodelay).
-    pub fn with_tcp_nodelay(mut self, nodelay: bool) -> Self {
+    /// Whether [`serve`] sets `TCP_NODELAY` on accepted TCP connections, as
+    /// HTTP servers usually do (responses are written whole). Default: true.
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
         self.tcp_nodelay = nodelay;
         self
     }
 
-    /// Sets [`tls`](HttpOptions::tls) (feature `tls`).
+    /// TLS for [`serve`] (feature `tls`): each accepted connection does the
+    /// handshake first (in its own task), then speaks what ALPN chose.
+    /// Default: none (plain TCP).
     #[cfg(feature = "tls")]
-    pub fn with_tls(mut self, tls: super::tls::TlsAcceptor) -> Self {
+    pub fn tls(mut self, tls: super::tls::TlsAcceptor) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -246,7 +240,7 @@ pub enum ConnectionError {
     #[cfg(feature = "tls")]
     #[error(
         "TLS handshake not finished after {0:?}; the client is too slow or not speaking \
-         TLS (raise TlsAcceptor::with_handshake_timeout if the network is that slow)"
+         TLS (raise TlsAcceptor::handshake_timeout if the network is that slow)"
     )]
     TlsTimeout(Duration),
 }
@@ -467,7 +461,7 @@ async fn tls_handshake<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let timeout = tls.handshake_timeout();
+    let timeout = tls.handshake_deadline();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut handshake = tls.handshake(io);
     let result = async {
