@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use handover_verify::{Load, LoadConfig, Mode};
-use support::{Handover, Setup, control_json, fd_count, handover_bin, wait_until, zombie_children};
+use support::{
+    Handover, Setup, control_json, fd_count, handover_bin, settled_fd_count, wait_until,
+    zombie_children,
+};
 
 /// Two copies of the handover binary (`a/handover`, `b/handover`), and
 /// `current`, a symlink to one of them.
@@ -120,7 +123,7 @@ fn twenty_reexecs(mode: Mode) {
     assert_eq!(exe(pid), bins.version("a"));
     // Descriptors the first image inherited from this test process (from
     // whatever ran the tests) are not handover's: the exec closes them.
-    let fds = fd_count(pid) - inherited_from_us(pid);
+    let fds = settled_fd_count(pid) - inherited_from_us(pid);
     for i in 1..=20 {
         let target = bins.version(if i % 2 == 1 { "b" } else { "a" });
         bins.deploy(&target);
@@ -197,7 +200,7 @@ fn a_reexec_to_a_binary_that_exits_at_once_fails_and_the_old_supervisor_serves_o
     cfg.connections = 4;
     let load = Load::start(cfg).unwrap();
     assert!(load.wait_for_ok(30, Duration::from_secs(30)));
-    let fds = fd_count(pid);
+    let fds = settled_fd_count(pid);
     bins.deploy_broken();
     let (ok, out, err) = reexec(&h);
     assert!(!ok, "a reexec to a broken binary succeeded: {out}");
@@ -366,7 +369,7 @@ fn an_exec_that_fails_after_the_check_leaves_everything_as_it_was() {
     let load = Load::start(cfg).unwrap();
     assert!(load.wait_for_ok(30, Duration::from_secs(30)));
     // (No exec happens: descriptors inherited from this process stay.)
-    let fds = fd_count(pid);
+    let fds = settled_fd_count(pid);
     // Passes the check, but takes the file away before the exec: execve
     // fails (ENOENT) in the running handover, which must undo everything.
     let script = bins.dir.path().join("vanishing");

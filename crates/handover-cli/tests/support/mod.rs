@@ -351,6 +351,22 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// `pid`'s descriptor count once it has stopped moving (the same in three
+/// reads 100 ms apart; at most 5 s): a baseline taken while a control
+/// client's connection is still being closed would count it.
+pub fn settled_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = fd_count(pid);
+    let mut same = 0;
+    while same < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 /// Waits until `f` is true.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
