@@ -145,6 +145,7 @@ use std::time::Duration;
 use crate::socket::{ConvertError, FdKind, FromFd};
 
 mod client;
+pub mod connection;
 mod server;
 mod stream;
 pub mod wire;
