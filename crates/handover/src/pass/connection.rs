@@ -648,7 +648,9 @@ impl<F> Decoder<F> {
                 format!("{}", h.nfds),
             ));
         }
-        if len > max_len || (name == "WELCOME" && len != WELCOME_LEN) || (name == "CONN" && len == 0)
+        if len > max_len
+            || (name == "WELCOME" && len != WELCOME_LEN)
+            || (name == "CONN" && len == 0)
         {
             return Err(malformed(
                 "frame header",
@@ -844,17 +846,20 @@ mod tests {
             buffered: vec![],
         });
         let end = enc(Message::End { conns: 2 });
-        let (m, d) = run(
-            Side::Taker,
-            &[(&hello, 0), (&c1, 1), (&c2, 1), (&end, 0)],
-        )
-        .unwrap();
+        let (m, d) = run(Side::Taker, &[(&hello, 0), (&c1, 1), (&c2, 1), (&end, 0)]).unwrap();
         assert!(d.is_done());
         assert_eq!(m.len(), 4);
         assert!(
             matches!(&m[1], Message::Conn { id: 1, state: 1, fd: 7, buffered } if buffered.ends_with(b"GET /b"))
         );
-        assert!(matches!(&m[2], Message::Conn { id: 2, state: 2, .. }));
+        assert!(matches!(
+            &m[2],
+            Message::Conn {
+                id: 2,
+                state: 2,
+                ..
+            }
+        ));
         assert_eq!(m[3], Message::End { conns: 2 });
 
         let welcome = enc(Message::Welcome {

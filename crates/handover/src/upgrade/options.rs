@@ -27,6 +27,12 @@ pub struct Options {
     /// unit needs `FileDescriptorStoreMax=` (and `Restart=`); see
     /// [`Notifier::notify_with_fds`]. Default: off.
     pub fd_store: bool,
+    /// Pass the successor a socket over which this process hands it its
+    /// idle HTTP/1.1 keep-alive connections when it drains
+    /// ([`HANDOFF_FD_NAME`](super::HANDOFF_FD_NAME); see
+    /// [`Handoff`](crate::drain::http::Handoff)), so clients keep their
+    /// connections across upgrades. Default: off.
+    pub handoff: bool,
 }
 
 impl Default for Options {
@@ -37,6 +43,7 @@ impl Default for Options {
             executable: None,
             bind: BindOptions::default(),
             fd_store: false,
+            handoff: false,
         }
     }
 }
@@ -64,6 +71,13 @@ impl Options {
     /// [`Options::fd_store`]).
     pub fn fd_store(mut self, on: bool) -> Self {
         self.fd_store = on;
+        self
+    }
+
+    /// Hands idle keep-alive connections to the successor (see
+    /// [`Options::handoff`]).
+    pub fn handoff(mut self, on: bool) -> Self {
+        self.handoff = on;
         self
     }
 }

@@ -32,12 +32,21 @@ pub struct RunOptions {
     /// How long to wait for open connections when exiting (default 30 s);
     /// the seed's "term timeout".
     pub drain_timeout: Duration,
+    /// When a successor is ready, hand it this process's idle keep-alive
+    /// connections before draining (feature `hyper`; needs
+    /// [`Options::handoff`](super::Options::handoff) and the same
+    /// [`Handoff`](crate::drain::http::Handoff) in the
+    /// [`HttpOptions`](crate::drain::http::HttpOptions) of the server).
+    #[cfg(feature = "hyper")]
+    pub handoff: Option<crate::drain::http::Handoff>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             drain_timeout: Duration::from_secs(30),
+            #[cfg(feature = "hyper")]
+            handoff: None,
         }
     }
 }
@@ -46,6 +55,13 @@ impl RunOptions {
     /// Sets the drain timeout.
     pub fn drain_timeout(mut self, t: Duration) -> Self {
         self.drain_timeout = t;
+        self
+    }
+
+    /// Sets [`handoff`](RunOptions::handoff) (feature `hyper`).
+    #[cfg(feature = "hyper")]
+    pub fn handoff(mut self, handoff: crate::drain::http::Handoff) -> Self {
+        self.handoff = Some(handoff);
         self
     }
 }
@@ -90,6 +106,18 @@ impl Signals {
         tracing::info!(?exit, timeout = ?options.drain_timeout, "draining");
         if exit == Exit::Terminated {
             let _ = up.inner.notifier.notify(&[NotifyState::Stopping]);
+        }
+        #[cfg(feature = "hyper")]
+        if let (Exit::Upgraded, Some(handoff), Some(session)) =
+            (exit, &options.handoff, up.handoff_to_successor())
+        {
+            match handoff
+                .give_to(session, crate::drain::http::HANDOFF_TIMEOUT)
+                .await
+            {
+                Ok(()) => tracing::info!("handing idle keep-alive connections to the new process"),
+                Err(e) => tracing::warn!(error = %e, "keep-alive connections are not handed over"),
+            }
         }
         drain.close();
         let drained = tokio::select! {

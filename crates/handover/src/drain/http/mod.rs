@@ -105,12 +105,15 @@ use super::{Drain, Listener, is_closed_error};
 
 mod conn;
 mod goaway;
+mod handoff;
 mod sniff;
 #[cfg(feature = "tower")]
 mod tower;
 
 #[cfg(feature = "tower")]
 pub use self::tower::{TowerService, tower};
+
+pub use handoff::{HANDOFF_TIMEOUT, Handoff, HandoffError};
 
 use conn::{Activity, ConnState, DrainService, Proto, drive_http1, drive_http2};
 use sniff::{NoRequest, Protocol, Rewind, sniff};
@@ -165,6 +168,11 @@ pub struct HttpOptions {
     /// Default: none (plain TCP).
     #[cfg(feature = "tls")]
     pub tls: Option<super::tls::TlsAcceptor>,
+    /// Hands idle HTTP/1.1 keep-alive connections to a successor when
+    /// draining, and serves those a predecessor hands over (plain TCP only;
+    /// see [`Handoff`]). Default: none (every keep-alive connection is
+    /// ended with `Connection: close` when draining).
+    pub handoff: Option<Handoff>,
 }
 
 impl Default for HttpOptions {
@@ -177,6 +185,7 @@ impl Default for HttpOptions {
             tcp_nodelay: true,
             #[cfg(feature = "tls")]
             tls: None,
+            handoff: None,
         }
     }
 }
@@ -209,6 +218,12 @@ impl HttpOptions {
     /// Sets [`tcp_nodelay`](HttpOptions::tcp_nodelay).
     pub fn with_tcp_nodelay(mut self, nodelay: bool) -> Self {
         self.tcp_nodelay = nodelay;
+        self
+    }
+
+    /// Sets [`handoff`](HttpOptions::handoff).
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = Some(handoff);
         self
     }
 
@@ -320,7 +335,7 @@ where
 /// [`serve_connection_auto`] on an I/O already wrapped in [`Activity`] for
 /// `state` (below TLS, when there is TLS).
 async fn serve_activity<I, S, B>(
-    mut io: I,
+    io: I,
     service: S,
     state: std::sync::Arc<ConnState>,
     options: &HttpOptions,
@@ -334,23 +349,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let (protocol, prefix) = if options.http2 {
-        match sniff(
-            &mut io,
-            &state,
-            options.idle_grace,
-            options.header_read_timeout,
-        )
-        .await
-        {
-            Ok(found) => found,
-            Err(NoRequest::Closed) => return Ok(()),
-            Err(NoRequest::Io(e)) => return Err(ConnectionError::Io(e)),
-        }
-    } else {
-        (Protocol::Http1, sniff::Prefix::empty())
+    let Some((protocol, io)) = sniffed(io, &state, options).await? else {
+        return Ok(());
     };
-    let io = Rewind::new(prefix, io);
     match protocol {
         Protocol::Http1 => {
             let io = TokioIo::new(io);
@@ -362,21 +363,101 @@ where
                 .await
                 .map_err(ConnectionError::Http)
         }
+        Protocol::Http2 => serve_http2(io, service, state, options).await,
+    }
+}
+
+/// [`serve_activity`] for a connection that may be handed over.
+async fn serve_handoff_io<S, B>(
+    io: handoff::HandoffIo,
+    service: S,
+    state: std::sync::Arc<ConnState>,
+    options: &HttpOptions,
+) -> Result<(), ConnectionError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let Some((protocol, io)) = sniffed(io, &state, options).await? else {
+        return Ok(());
+    };
+    match protocol {
+        Protocol::Http1 => {
+            let io = TokioIo::new(io);
+            let service = DrainService::new(service, state.clone(), Proto::Http1Upgrades);
+            let conn = http1_builder(options)
+                .serve_connection(io, service)
+                .with_upgrades();
+            handoff::drive_http1_handoff(conn, state, options).await
+        }
         Protocol::Http2 => {
-            let io = TokioIo::new(goaway::HoldPingAck::new(
-                io,
-                state.clone(),
-                options.http2_goaway_delay,
-            ));
-            let service = DrainService::new(service, state.clone(), Proto::Http2);
-            let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
-            let conn = Box::pin(builder.serve_connection(io, service));
-            drive_http2(conn, &state)
-                .await
-                .map_err(ConnectionError::Http)
+            // HTTP/2 connections are not handed over: the two-step GOAWAY.
+            state.stop_handoff();
+            serve_http2(io, service, state, options).await
         }
     }
+}
+
+/// Tells HTTP/1.x from HTTP/2 (unless HTTP/2 is off), and gives the bytes
+/// read to do so back; `None` when the client sent no request.
+async fn sniffed<I>(
+    mut io: I,
+    state: &ConnState,
+    options: &HttpOptions,
+) -> Result<Option<(Protocol, Rewind<I>)>, ConnectionError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (protocol, prefix) = if options.http2 {
+        match sniff(
+            &mut io,
+            state,
+            options.idle_grace,
+            options.header_read_timeout,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(NoRequest::Closed) => return Ok(None),
+            Err(NoRequest::Io(e)) => return Err(ConnectionError::Io(e)),
+        }
+    } else {
+        (Protocol::Http1, sniff::Prefix::empty())
+    };
+    Ok(Some((protocol, Rewind::new(prefix, io))))
+}
+
+async fn serve_http2<I, S, B>(
+    io: Rewind<I>,
+    service: S,
+    state: std::sync::Arc<ConnState>,
+    options: &HttpOptions,
+) -> Result<(), ConnectionError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let io = TokioIo::new(goaway::HoldPingAck::new(
+        io,
+        state.clone(),
+        options.http2_goaway_delay,
+    ));
+    let service = DrainService::new(service, state.clone(), Proto::Http2);
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let conn = Box::pin(builder.serve_connection(io, service));
+    drive_http2(conn, &state)
+        .await
+        .map_err(ConnectionError::Http)
 }
 
 fn http1_builder(options: &HttpOptions) -> http1::Builder {
@@ -420,6 +501,27 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    #[cfg(feature = "tls")]
+    let plain = options.tls.is_none();
+    #[cfg(not(feature = "tls"))]
+    let plain = true;
+    let handoff = options.handoff.clone().filter(|_| plain);
+    if let Some(h) = &handoff {
+        // Connections from a predecessor, served like accepted ones.
+        let (service, drain, options) =
+            (service.clone(), listener.drain().clone(), options.clone());
+        let h2 = h.clone();
+        handoff::spawn_taker(h, listener.drain().clone(), move |stream, buffered| {
+            let fut = handoff::serve_tcp(
+                drain.track(stream),
+                buffered,
+                service.clone(),
+                Some(h2.clone()),
+                options.clone(),
+            );
+            async move { log_connection_error(fut.await) }
+        });
+    }
     loop {
         let io = match L::accept_http(listener, options.tcp_nodelay).await {
             Ok(io) => io,
@@ -435,6 +537,23 @@ where
             },
         };
         let service = service.clone();
+        let io = match &handoff {
+            Some(h) => match tcp_stream(io) {
+                Ok(tcp) => {
+                    let fut = handoff::serve_tcp(
+                        tcp,
+                        Vec::new(),
+                        service,
+                        Some(h.clone()),
+                        options.clone(),
+                    );
+                    tokio::spawn(async move { log_connection_error(fut.await) });
+                    continue;
+                }
+                Err(io) => io,
+            },
+            None => io,
+        };
         let state = ConnState::new(listener.drain());
         let options = options.clone();
         tokio::spawn(async move {
@@ -451,6 +570,16 @@ where
             }
             log_connection_error(serve_activity(io, service, state, &options).await);
         });
+    }
+}
+
+/// The TCP stream of an accepted connection, or the connection as it was.
+fn tcp_stream<T: 'static>(io: T) -> Result<super::Tracked<tokio::net::TcpStream>, T> {
+    let any: Box<dyn std::any::Any> = Box::new(io);
+    match any.downcast::<super::Tracked<tokio::net::TcpStream>>() {
+        Ok(tracked) => Ok(*tracked),
+        // `T` is what went in.
+        Err(any) => Err(*any.downcast::<T>().ok().expect("the same type")),
     }
 }
 
