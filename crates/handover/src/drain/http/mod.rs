@@ -579,7 +579,7 @@ fn tcp_stream<T: 'static>(io: T) -> Result<super::Tracked<tokio::net::TcpStream>
     match any.downcast::<super::Tracked<tokio::net::TcpStream>>() {
         Ok(tracked) => Ok(*tracked),
         // `T` is what went in.
-        Err(any) => Err(*any.downcast::<T>().ok().expect("the same type")),
+        Err(any) => Err(*any.downcast::<T>().expect("the same type")),
     }
 }
 
