@@ -146,12 +146,8 @@ fn round(
     figures: &mut Figures,
 ) -> Result<(), String> {
     let extra: &[&str] = if handoff { &["--handoff"] } else { &[] };
-    let server = SelfUpgrading::start_with(
-        bins,
-        ServerKind::UpgradeHttp,
-        Duration::from_secs(2),
-        extra,
-    )?;
+    let server =
+        SelfUpgrading::start_with(bins, ServerKind::UpgradeHttp, Duration::from_secs(2), extra)?;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..args.clients)
         .map(|_| {
@@ -232,7 +228,10 @@ pub fn run(bins: &Bins, args: &KeepaliveArgs) -> Result<serde_json::Value, Strin
         ("drain with `Connection: close` (today)", &close),
         ("`--handoff` (connections handed over)", &handoff),
     ] {
-        let (steady, during) = (percentile(&f.steady_ms, 99.0), percentile(&f.during_ms, 99.0));
+        let (steady, during) = (
+            percentile(&f.steady_ms, 99.0),
+            percentile(&f.during_ms, 99.0),
+        );
         t.row(vec![
             name.into(),
             f.upgrades.to_string(),

@@ -67,7 +67,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use handover::address::Address;
-use handover::drain::http::{Handoff, HttpOptions, serve};
+use handover::drain::http::{HANDOFF_SOCKET_ENV, Handoff, HttpOptions, serve};
 use handover::drain::tls::TlsAcceptor;
 use handover::drain::{Drain, Listener};
 use handover::upgrade::{Options, RunOptions, Upgrader};
@@ -203,6 +203,11 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let handoff = Handoff::new();
             if let Some(session) = upgrader.handoff_from_predecessor() {
                 handoff.take_from(session);
+            }
+            // Under `handover run`, generations meet at the supervisor's path.
+            if let Some(path) = std::env::var_os(HANDOFF_SOCKET_ENV) {
+                handoff.listen_at(&path)?;
+                run_options = run_options.handoff_socket(path);
             }
             http = http.with_handoff(handoff.clone());
             run_options = run_options.handoff(handoff);

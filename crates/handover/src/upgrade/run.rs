@@ -39,6 +39,13 @@ pub struct RunOptions {
     /// [`HttpOptions`](crate::drain::http::HttpOptions) of the server).
     #[cfg(feature = "hyper")]
     pub handoff: Option<crate::drain::http::Handoff>,
+    /// Under `handover run`: the path where generations meet to hand
+    /// connections over (what the supervisor gives in
+    /// [`HANDOFF_SOCKET_ENV`](crate::drain::http::HANDOFF_SOCKET_ENV)); on
+    /// SIGTERM, [`handoff`](RunOptions::handoff) gives this process's
+    /// connections to the generation that owns it (feature `hyper`).
+    #[cfg(feature = "hyper")]
+    pub handoff_socket: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -47,6 +54,8 @@ impl Default for RunOptions {
             drain_timeout: Duration::from_secs(30),
             #[cfg(feature = "hyper")]
             handoff: None,
+            #[cfg(feature = "hyper")]
+            handoff_socket: None,
         }
     }
 }
@@ -62,6 +71,14 @@ impl RunOptions {
     #[cfg(feature = "hyper")]
     pub fn handoff(mut self, handoff: crate::drain::http::Handoff) -> Self {
         self.handoff = Some(handoff);
+        self
+    }
+
+    /// Sets [`handoff_socket`](RunOptions::handoff_socket) (feature
+    /// `hyper`).
+    #[cfg(feature = "hyper")]
+    pub fn handoff_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.handoff_socket = Some(path.into());
         self
     }
 }
@@ -108,15 +125,26 @@ impl Signals {
             let _ = up.inner.notifier.notify(&[NotifyState::Stopping]);
         }
         #[cfg(feature = "hyper")]
-        if let (Exit::Upgraded, Some(handoff), Some(session)) =
-            (exit, &options.handoff, up.handoff_to_successor())
-        {
-            match handoff
-                .give_to(session, crate::drain::http::HANDOFF_TIMEOUT)
-                .await
-            {
-                Ok(()) => tracing::info!("handing idle keep-alive connections to the new process"),
-                Err(e) => tracing::warn!(error = %e, "keep-alive connections are not handed over"),
+        if let Some(handoff) = &options.handoff {
+            use crate::drain::http::HANDOFF_TIMEOUT;
+            let given = match (exit, up.handoff_to_successor(), &options.handoff_socket) {
+                (Exit::Upgraded, Some(session), _) => {
+                    Some(handoff.give_to(session, HANDOFF_TIMEOUT).await)
+                }
+                // A generation of `handover run`, told to stop.
+                (Exit::Terminated, _, Some(path)) => {
+                    Some(handoff.give_at(path, HANDOFF_TIMEOUT).await)
+                }
+                _ => None,
+            };
+            match given {
+                Some(Ok(())) => {
+                    tracing::info!("handing idle keep-alive connections to the new process")
+                }
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "keep-alive connections are not handed over")
+                }
+                None => {}
             }
         }
         drain.close();

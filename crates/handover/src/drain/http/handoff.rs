@@ -27,6 +27,11 @@ use crate::pass::connection::{
     self, Decoder, MAX_BUFFERED, Message, STATE_HTTP1, STATE_UNIDENTIFIED, Side, session,
 };
 
+/// The environment variable in which `handover run` gives each generation
+/// the path where generations meet to hand connections over (see
+/// [`Handoff::listen_at`] and [`Handoff::give_at`]).
+pub const HANDOFF_SOCKET_ENV: &str = "HANDOVER_HANDOFF_SOCKET";
+
 /// How long the giver waits for the taker's hello and `WELCOME`, and for
 /// each answer to a `CONN`.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
@@ -278,6 +283,75 @@ impl Handoff {
             self.inner.clone(),
         ));
         Ok(())
+    }
+
+    /// For generations of `handover run`: takes connections from older
+    /// generations at `path` (the supervisor gives it in
+    /// [`HANDOFF_SOCKET_ENV`]): binds a Unix socket under a temporary name
+    /// next to it, mode 0600, and renames it over `path`, so the newest
+    /// generation always owns the path; then serves every session that
+    /// connects, as [`take_from`](Handoff::take_from) does. Call it from
+    /// inside a tokio runtime, before the generation reports ready.
+    ///
+    /// # Errors
+    ///
+    /// The socket could not be bound or renamed (the directory is not
+    /// writable, the path is too long).
+    pub fn listen_at(&self, path: impl AsRef<std::path::Path>) -> Result<(), HandoffError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = path.as_ref();
+        let io = |source| HandoffError::Io { source };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        let listener = tokio::net::UnixListener::from_std(listener).map_err(io)?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => match stream.into_std() {
+                        Ok(s) => this.take_from(s),
+                        Err(e) => tracing::warn!(error = %e, "hand-over socket"),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting on the hand-over socket failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// For generations of `handover run`: offers this generation's
+    /// connections to the newest generation, which owns `path` (see
+    /// [`listen_at`](Handoff::listen_at)), as
+    /// [`give_to`](Handoff::give_to) does. Call it when told to stop
+    /// (SIGTERM), before the drain closes.
+    ///
+    /// # Errors
+    ///
+    /// Nobody listens at `path`, or this generation does itself (no newer
+    /// generation: a final stop), or the session fails as with `give_to`.
+    pub async fn give_at(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        timeout: Duration,
+    ) -> Result<(), HandoffError> {
+        let stream = std::os::unix::net::UnixStream::connect(path.as_ref())
+            .map_err(|source| HandoffError::Io { source })?;
+        let peer = crate::pass::peer_cred(stream.as_fd())?;
+        if peer.pid == std::process::id() as i32 {
+            return Err(HandoffError::Refused {
+                reason: "no newer generation took the hand-over socket (a final stop)".into(),
+            });
+        }
+        self.give_to(stream, timeout).await
     }
 
     /// Whether connections can be offered now.

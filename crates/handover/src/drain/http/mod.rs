@@ -113,7 +113,7 @@ mod tower;
 #[cfg(feature = "tower")]
 pub use self::tower::{TowerService, tower};
 
-pub use handoff::{HANDOFF_TIMEOUT, Handoff, HandoffError};
+pub use handoff::{HANDOFF_SOCKET_ENV, HANDOFF_TIMEOUT, Handoff, HandoffError};
 
 use conn::{Activity, ConnState, DrainService, Proto, drive_http1, drive_http2};
 use sniff::{NoRequest, Protocol, Rewind, sniff};
