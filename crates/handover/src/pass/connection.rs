@@ -21,7 +21,7 @@
 //! # How the two processes meet
 //!
 //! - **Self-upgrade** ([`Upgrader`](crate::upgrade::Upgrader)): when the
-//!   server asked for hand-overs ([`Upgrader::handoff`]), each upgrade makes
+//!   server asked for hand-overs ([`Options::handoff`]), each upgrade makes
 //!   a Unix socket pair and passes one end to the new process among its
 //!   inherited descriptors, under the name
 //!   [`HANDOFF_FD_NAME`](crate::upgrade::HANDOFF_FD_NAME)
@@ -118,8 +118,8 @@
 //!
 //! **Checks by the taker** before it answers `TAKEN`: the descriptor is a
 //! connected TCP stream socket (its peer address is logged), the session
-//! stays within the limits it announced, its local address is one the taker
-//! serves, and the taker is not draining itself.
+//! stays within the limits it announced, the state is one it knows, and the
+//! taker is not draining itself.
 //!
 //! A session that hands over one idle connection:
 //!
@@ -134,7 +134,7 @@
 //! G→T  06 00 00 00 00 00 00 01 00 00 00 00            END, 1 connection
 //! ```
 //!
-//! [`Upgrader::handoff`]: crate::upgrade::Upgrader
+//! [`Options::handoff`]: crate::upgrade::Options::handoff
 //!
 //! # The codec
 //!

@@ -52,6 +52,17 @@
 //! WebSocket close frame) so the client reconnects to the successor. The
 //! drain deadline ends the connections that are still open.
 //!
+//! **Hand-over** ([`Handoff`], in [`HttpOptions::handoff`]): instead of
+//! ending its HTTP/1.1 keep-alive connections, a draining [`serve`] hands
+//! each one, at a request boundary and with the bytes it had read and not
+//! answered, to the new process, which serves it on; clients keep their
+//! connections across upgrades. A refusal or any failure falls back to the
+//! rules above. Plain TCP and HTTP/1.1 only: HTTP/2 connections get the
+//! GOAWAY (one reconnect per client, since HTTP/2 multiplexes; handing one
+//! over would need its HPACK tables and stream states, which `h2` keeps to
+//! itself), and TLS sessions live in the process (kernel TLS, with the
+//! secrets rustls can export, would be the way; see the README).
+//!
 //! **Whole servers**: [`serve`] accepts on a drained [`Listener`] and serves
 //! every connection with [`serve_connection_auto`] until the drain is
 //! closed; [`tower()`](tower()) (feature `tower`) serves an `axum::Router` or
