@@ -431,7 +431,8 @@ fn check_peer(stream: &tokio::net::UnixStream) -> Result<(), PassError> {
 }
 
 /// The giver's side of a session, once welcomed: sends each offered
-/// connection and reads its answer.
+/// connection as it comes (without waiting for the answers to the ones
+/// before: the taker answers in order), and reads the answers.
 async fn give_session(
     stream: tokio::net::UnixStream,
     mut decoder: Decoder,
@@ -439,58 +440,89 @@ async fn give_session(
     max_buffered: usize,
     inner: Arc<Inner>,
 ) {
-    let mut id = 0u32;
-    let mut failed = false;
-    while let Some(offer) = offers.recv().await {
-        if failed || offer.buffered.len() > max_buffered || id >= inner.given_limit.load(Relaxed) {
-            let _ = offer.reply.send(Answer::Back(offer.fd, offer.buffered));
-            continue;
-        }
-        id += 1;
-        let bytes = match connection::encode(&Message::Conn {
-            id,
-            state: offer.state,
-            fd: (),
-            buffered: offer.buffered,
-        }) {
-            Ok(b) => b,
-            Err(_) => unreachable!("the buffered bytes were checked against the limit"),
-        };
-        let deadline = Some((Instant::now() + HANDOFF_TIMEOUT, HANDOFF_TIMEOUT));
-        if let Err(e) = session::write(&stream, &bytes, &[offer.fd.as_fd()], deadline).await {
-            // The frame did not reach the taker whole, so it closed the
-            // descriptor it may have received: the connection is still ours.
-            tracing::warn!(error = %e, "connection hand-over failed; draining the usual way");
-            failed = true;
-            let buffered = bytes[connection_payload_start()..].to_vec();
-            let _ = offer.reply.send(Answer::Back(offer.fd, buffered));
-            continue;
-        }
-        let waiting = "the new process's answer to a connection handed over";
-        let answer = match session::read(&stream, &mut decoder, deadline, waiting).await {
-            Ok(Some(Message::Taken { .. })) => {
-                inner.given.fetch_add(1, Relaxed);
-                Answer::Taken
-            }
-            Ok(Some(Message::Declined { reason, .. })) => {
-                tracing::debug!(%reason, "the new process declined a connection");
-                let buffered = bytes[connection_payload_start()..].to_vec();
-                Answer::Back(offer.fd, buffered)
-            }
-            Ok(_) | Err(_) => {
-                tracing::warn!(
-                    "the connection hand-over session failed while a connection was on its \
-                     way; closing this process's copy of it"
-                );
-                failed = true;
-                Answer::Lost
-            }
-        };
-        if failed {
-            inner.giving.store(false, Relaxed);
-        }
-        let _ = offer.reply.send(answer);
+    /// A connection sent and not answered yet.
+    struct Pending {
+        fd: OwnedFd,
+        buffered: Vec<u8>,
+        reply: oneshot::Sender<Answer>,
+        sent: Instant,
     }
+    let failed = AtomicBool::new(false);
+    let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
+    let fail = || {
+        failed.store(true, Relaxed);
+        inner.giving.store(false, Relaxed);
+    };
+    let send = async {
+        let mut id = 0u32;
+        while let Some(offer) = offers.recv().await {
+            if failed.load(Relaxed)
+                || offer.buffered.len() > max_buffered
+                || id >= inner.given_limit.load(Relaxed)
+            {
+                let _ = offer.reply.send(Answer::Back(offer.fd, offer.buffered));
+                continue;
+            }
+            id += 1;
+            let bytes = match connection::encode(&Message::Conn {
+                id,
+                state: offer.state,
+                fd: (),
+                buffered: offer.buffered,
+            }) {
+                Ok(b) => b,
+                Err(_) => unreachable!("the buffered bytes were checked against the limit"),
+            };
+            let buffered = bytes[connection_payload_start()..].to_vec();
+            let deadline = Some((Instant::now() + HANDOFF_TIMEOUT, HANDOFF_TIMEOUT));
+            if let Err(e) = session::write(&stream, &bytes, &[offer.fd.as_fd()], deadline).await {
+                // The frame did not reach the taker whole, so it closed the
+                // descriptor it may have received: the connection is still
+                // ours.
+                tracing::warn!(error = %e, "connection hand-over failed; draining the usual way");
+                fail();
+                let _ = offer.reply.send(Answer::Back(offer.fd, buffered));
+                continue;
+            }
+            let _ = pending_tx.send(Pending {
+                fd: offer.fd,
+                buffered,
+                reply: offer.reply,
+                sent: Instant::now(),
+            });
+        }
+        drop(pending_tx);
+    };
+    let receive = async {
+        while let Some(p) = pending_rx.recv().await {
+            if failed.load(Relaxed) {
+                let _ = p.reply.send(Answer::Lost);
+                continue;
+            }
+            let deadline = Some((p.sent + HANDOFF_TIMEOUT, HANDOFF_TIMEOUT));
+            let waiting = "the new process's answer to a connection handed over";
+            let answer = match session::read(&stream, &mut decoder, deadline, waiting).await {
+                Ok(Some(Message::Taken { .. })) => {
+                    inner.given.fetch_add(1, Relaxed);
+                    Answer::Taken
+                }
+                Ok(Some(Message::Declined { reason, .. })) => {
+                    tracing::debug!(%reason, "the new process declined a connection");
+                    Answer::Back(p.fd, p.buffered)
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(
+                        "the connection hand-over session failed while a connection was on \
+                         its way; closing this process's copy of it"
+                    );
+                    fail();
+                    Answer::Lost
+                }
+            };
+            let _ = p.reply.send(answer);
+        }
+    };
+    tokio::join!(send, receive);
 }
 
 /// Where the buffered bytes start in an encoded `CONN` (header, state).
