@@ -172,9 +172,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 /// Runs the server until it has handed over or was stopped.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Created first, before any thread: it takes the inherited sockets.
+    // TLS connections are not handed over (their session lives in this
+    // process): `--handoff` applies to plain TCP only.
+    let handoff_on = args.handoff && !args.tls;
     let mut options = Options::default()
         .ready_timeout(args.ready_timeout)
-        .handoff(args.handoff);
+        .handoff(handoff_on);
     if let Some(p) = &args.pid_file {
         options = options.pid_file(p);
     }
@@ -198,7 +201,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             http = http.with_tls(tls_acceptor(args.tls_files.as_ref())?);
         }
         let mut run_options = RunOptions::default().drain_timeout(args.drain_timeout);
-        if args.handoff {
+        if handoff_on {
             // Keep-alive connections pass from generation to generation.
             let handoff = Handoff::new();
             if let Some(session) = upgrader.handoff_from_predecessor() {

@@ -532,8 +532,14 @@ const fn connection_payload_start() -> usize {
 
 /// Takes the sessions queued on `handoff` and serves every connection
 /// they bring with `serve_one`, until the process exits.
-pub(super) fn spawn_taker<F, Fut>(handoff: &Handoff, drain: Drain, serve_one: F)
-where
+///
+/// With `refuse`, every session is refused with that reason instead.
+pub(super) fn spawn_taker<F, Fut>(
+    handoff: &Handoff,
+    drain: Drain,
+    refuse: Option<&'static str>,
+    serve_one: F,
+) where
     F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -545,7 +551,7 @@ where
         while let Some(session) = sessions.recv().await {
             let (handoff, drain, serve_one) = (handoff.clone(), drain.clone(), serve_one.clone());
             tokio::spawn(async move {
-                if let Err(e) = take_session(session, &handoff, &drain, serve_one).await {
+                if let Err(e) = take_session(session, &handoff, &drain, refuse, serve_one).await {
                     tracing::warn!(error = %e, "taking connections from the old process failed");
                 }
             });
@@ -557,6 +563,7 @@ async fn take_session<F, Fut>(
     session: std::os::unix::net::UnixStream,
     handoff: &Handoff,
     drain: &Drain,
+    refuse: Option<&'static str>,
     serve_one: F,
 ) -> Result<(), HandoffError>
 where
@@ -584,9 +591,12 @@ where
         deadline,
     )
     .await?;
-    if drain.is_closed() {
+    let refusal = refuse.or(drain
+        .is_closed()
+        .then_some("this process is draining itself"));
+    if let Some(reason) = refusal {
         let refuse = send(Message::Refuse {
-            reason: "this process is draining itself".into(),
+            reason: reason.into(),
         })?;
         session::write(&stream, &refuse, &[], deadline).await?;
         return Ok(());

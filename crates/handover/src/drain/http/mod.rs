@@ -180,9 +180,11 @@ pub struct HttpOptions {
     #[cfg(feature = "tls")]
     pub tls: Option<super::tls::TlsAcceptor>,
     /// Hands idle HTTP/1.1 keep-alive connections to a successor when
-    /// draining, and serves those a predecessor hands over (plain TCP only;
-    /// see [`Handoff`]). Default: none (every keep-alive connection is
-    /// ended with `Connection: close` when draining).
+    /// draining, and serves those a predecessor hands over (plain TCP only:
+    /// ignored by [`serve`] with TLS; see [`Handoff`]). The first [`serve`]
+    /// with a given `Handoff` serves the connections it takes: use one
+    /// `Handoff` per listener. Default: none (every keep-alive connection
+    /// is ended with `Connection: close` when draining).
     pub handoff: Option<Handoff>,
 }
 
@@ -517,21 +519,31 @@ where
     #[cfg(not(feature = "tls"))]
     let plain = true;
     let handoff = options.handoff.clone().filter(|_| plain);
+    if let (Some(h), false) = (&options.handoff, plain) {
+        // Answered at once, so the old process drains without waiting.
+        let refuse = Some("TLS connections are not handed over");
+        handoff::spawn_taker(h, listener.drain().clone(), refuse, |_, _| async {});
+    }
     if let Some(h) = &handoff {
         // Connections from a predecessor, served like accepted ones.
         let (service, drain, options) =
             (service.clone(), listener.drain().clone(), options.clone());
         let h2 = h.clone();
-        handoff::spawn_taker(h, listener.drain().clone(), move |stream, buffered| {
-            let fut = handoff::serve_tcp(
-                drain.track(stream),
-                buffered,
-                service.clone(),
-                Some(h2.clone()),
-                options.clone(),
-            );
-            async move { log_connection_error(fut.await) }
-        });
+        handoff::spawn_taker(
+            h,
+            listener.drain().clone(),
+            None,
+            move |stream, buffered| {
+                let fut = handoff::serve_tcp(
+                    drain.track(stream),
+                    buffered,
+                    service.clone(),
+                    Some(h2.clone()),
+                    options.clone(),
+                );
+                async move { log_connection_error(fut.await) }
+            },
+        );
     }
     loop {
         let io = match L::accept_http(listener, options.tcp_nodelay).await {
