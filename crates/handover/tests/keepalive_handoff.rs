@@ -336,3 +336,49 @@ fn pipelined_and_half_sent_requests_are_answered_exactly_once() {
     let (_, _, failures, _) = watcher.stop();
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// A new version that does not take connections (here: the same program
+/// deployed without `--handoff`, as an older version would be) closes the
+/// hand-over socket in its `ready()`; the old process then drains the usual
+/// way: every client reconnects once (`Connection: close`), and no request
+/// fails.
+#[test]
+fn a_successor_that_does_not_take_connections_gets_the_usual_drain() {
+    let mut server = Server::spawn("pid", "--handoff", &[("RUST_LOG", "info")]);
+    let exe = std::env::current_exe().unwrap();
+    let without = server.script(
+        "without-handoff",
+        &format!(
+            "export {ARGS}=\"--listen tcp://127.0.0.1:0 --pid-file {}\"\nexec '{}' \"$@\"",
+            server.pid_file().display(),
+            exe.display()
+        ),
+    );
+    server.deploy(&without);
+    const CLIENTS: u64 = 8;
+    let clients = Clients::start(server.addr, CLIENTS as usize);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while clients.requests.load(Ordering::Relaxed) < CLIENTS * 4 {
+        assert!(Instant::now() < deadline, "no load: {}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let new = server.upgrade_seen(
+        || clients.pids_seen(),
+        |seen, timeout| clients.wait_for_new_pid(seen, timeout),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (connects, _, failures, seen) = clients.stop();
+    assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
+    assert!(seen.contains(&new));
+    assert_eq!(
+        connects - CLIENTS,
+        CLIENTS,
+        "each client reconnects once after the usual drain\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("keep-alive connections are not handed over"),
+        "{log}"
+    );
+}
