@@ -901,3 +901,128 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn expect(g: &tokio::net::UnixStream, d: &mut Decoder) -> Message<OwnedFd> {
+        let deadline = deadline_from_now();
+        session::read(g, d, deadline, "test")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The taker's checks: a descriptor that is not a connected TCP socket,
+    /// or one with more buffered bytes than announced, is declined (and
+    /// closed); a TCP connection is taken and served with its bytes.
+    #[tokio::test]
+    async fn the_taker_checks_what_it_takes() {
+        let handoff = Handoff::new().with_max_buffered(8);
+        let drain = Drain::new();
+        let (giver, taker) = std::os::unix::net::UnixStream::pair().unwrap();
+        handoff.take_from(taker);
+        let (served_tx, mut served_rx) = mpsc::unbounded_channel();
+        spawn_taker(&handoff, drain.clone(), None, move |stream, buffered| {
+            let _ = served_tx.send((stream.peer_addr().unwrap(), buffered));
+            async {}
+        });
+        giver.set_nonblocking(true).unwrap();
+        let g = tokio::net::UnixStream::from_std(giver).unwrap();
+        let hello = connection::encode(&Message::<()>::Hello { version: 1 }).unwrap();
+        session::write(&g, &hello, &[], None).await.unwrap();
+        let mut d = Decoder::new(Side::Giver);
+        assert!(matches!(
+            expect(&g, &mut d).await,
+            Message::Hello { version: 1 }
+        ));
+        assert!(matches!(
+            expect(&g, &mut d).await,
+            Message::Welcome {
+                max_connections: 65_536,
+                max_buffered: 8
+            }
+        ));
+        let conn = |id, buffered: &[u8]| {
+            connection::encode(&Message::Conn {
+                id,
+                state: STATE_HTTP1,
+                fd: (),
+                buffered: buffered.to_vec(),
+            })
+            .unwrap()
+        };
+        // A Unix socket is not a TCP connection.
+        let (unix, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        session::write(&g, &conn(1, b""), &[unix.as_fd()], None)
+            .await
+            .unwrap();
+        match expect(&g, &mut d).await {
+            Message::Declined { id: 1, reason } => assert!(reason.contains("TCP"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // A TCP connection with too many buffered bytes.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        session::write(&g, &conn(2, b"GET / HTTP/1.1"), &[accepted.as_fd()], None)
+            .await
+            .unwrap();
+        match expect(&g, &mut d).await {
+            Message::Declined { id: 2, reason } => assert!(reason.contains("limit"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // The same within the limit: taken, served with its bytes.
+        session::write(&g, &conn(3, b"GET /"), &[accepted.as_fd()], None)
+            .await
+            .unwrap();
+        assert!(matches!(expect(&g, &mut d).await, Message::Taken { id: 3 }));
+        let (peer, buffered) = served_rx.recv().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(buffered, b"GET /");
+        assert_eq!(handoff.taken(), 1);
+        // A draining taker declines.
+        drain.close();
+        session::write(&g, &conn(4, b""), &[accepted.as_fd()], None)
+            .await
+            .unwrap();
+        match expect(&g, &mut d).await {
+            Message::Declined { id: 4, reason } => assert!(reason.contains("draining"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A giver whose successor refuses gets the reason, and gives nothing.
+    #[tokio::test]
+    async fn a_refusal_is_an_error_and_nothing_is_given() {
+        let (giver, taker) = std::os::unix::net::UnixStream::pair().unwrap();
+        let refusing = Handoff::new();
+        refusing.take_from(taker);
+        spawn_taker(
+            &refusing,
+            Drain::new(),
+            Some("incompatible"),
+            |_, _| async {},
+        );
+        let handoff = Handoff::new();
+        let e = handoff
+            .give_to(giver, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, HandoffError::Refused { reason } if reason == "incompatible"),
+            "{e}"
+        );
+        assert!(!handoff.is_giving());
+        // A successor that closes its end without a word.
+        let (giver, taker) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(taker);
+        let e = handoff
+            .give_to(giver, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HandoffError::Session { .. }), "{e}");
+        assert!(!handoff.is_giving());
+    }
+}
