@@ -213,6 +213,7 @@ pub enum Side {
 /// One message of the protocol (see the [module docs](self)); `F` is the
 /// descriptor type (normally [`OwnedFd`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Message<F = OwnedFd> {
     /// The hello: the giver's highest version, or the taker's choice.
     Hello {
