@@ -382,3 +382,32 @@ fn a_successor_that_does_not_take_connections_gets_the_usual_drain() {
         "{log}"
     );
 }
+
+/// A connection that has sent nothing yet when the upgrade begins (a
+/// client's pre-connection) is handed over too, and its first request is
+/// answered by the new process.
+#[test]
+fn a_connection_that_has_sent_nothing_yet_is_handed_over() {
+    let mut server = Server::spawn("pid", "--handoff", &[("RUST_LOG", "info")]);
+    let old = server.current().unwrap();
+    let mut idle = connect(server.addr);
+    let watcher = Clients::start(server.addr, 1);
+    while !watcher.pids_seen().contains(&old) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let new = server.upgrade_seen(
+        || watcher.pids_seen(),
+        |seen, timeout| watcher.wait_for_new_pid(seen, timeout),
+    );
+    // The old process has exited; the connection is the new one's.
+    idle.get_mut().write_all(GET).unwrap();
+    let a = read_response(&mut idle).unwrap();
+    assert_eq!(
+        (a.status, a.pid, a.close),
+        (200, new, false),
+        "{}",
+        server.log()
+    );
+    let (_, _, failures, _) = watcher.stop();
+    assert!(failures.is_empty(), "{failures:?}");
+}

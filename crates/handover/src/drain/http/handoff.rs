@@ -864,9 +864,40 @@ where
     // hyper's unparsed bytes came first, then what the sniffing and the
     // replay of a predecessor's bytes have not given out yet.
     let (rewound, replay) = io.into_inner().into_parts();
-    let (replayed, activity) = replay.into_parts();
     let mut buffered = read_buf.to_vec();
     buffered.extend_from_slice(&rewound);
+    give_or_serve(
+        replay,
+        buffered,
+        STATE_HTTP1,
+        service.into_inner(),
+        &state,
+        options,
+    )
+    .await
+}
+
+/// Hands the connection over in `conn_state` (`buffered`: the bytes read
+/// from it and not answered, before what `io` still replays); if the
+/// successor declines, serves it here again, drained the usual way.
+pub(super) async fn give_or_serve<S, B>(
+    io: HandoffIo,
+    mut buffered: Vec<u8>,
+    conn_state: u8,
+    service: S,
+    state: &ConnState,
+    options: &HttpOptions,
+) -> Result<(), super::ConnectionError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    use super::ConnectionError;
+    let (replayed, activity) = io.into_parts();
     buffered.extend_from_slice(&replayed);
     let tracked = activity.into_inner();
     let drain = tracked.drain();
@@ -878,10 +909,7 @@ where
         Err(e) => return Err(ConnectionError::Io(e)),
     };
     let handoff = state.handoff.clone().expect("handoff_possible");
-    match handoff
-        .give(STATE_HTTP1, OwnedFd::from(std), buffered)
-        .await
-    {
+    match handoff.give(conn_state, OwnedFd::from(std), buffered).await {
         Ok(()) => Ok(()),
         Err((fd, buffered)) => {
             // Declined: served here again, drained the usual way.
@@ -893,7 +921,7 @@ where
             serve_tcp(
                 drain.track(stream),
                 buffered,
-                service.into_inner(),
+                service,
                 None,
                 options.clone(),
             )

@@ -362,8 +362,10 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let Some((protocol, io)) = sniffed(io, &state, options).await? else {
-        return Ok(());
+    let (protocol, io) = match sniffed(io, &state, options).await? {
+        Sniffed::Protocol(protocol, io) => (protocol, io),
+        // No hand-over without a `Handoff`.
+        Sniffed::Closed | Sniffed::HandOver(..) => return Ok(()),
     };
     match protocol {
         Protocol::Http1 => {
@@ -395,8 +397,14 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let Some((protocol, io)) = sniffed(io, &state, options).await? else {
-        return Ok(());
+    let (protocol, io) = match sniffed(io, &state, options).await? {
+        Sniffed::Protocol(protocol, io) => (protocol, io),
+        Sniffed::Closed => return Ok(()),
+        // Nothing asked yet when the drain began: handed over as it is.
+        Sniffed::HandOver(prefix, io) => {
+            let state_byte = crate::pass::connection::STATE_UNIDENTIFIED;
+            return handoff::give_or_serve(io, prefix, state_byte, service, &state, options).await;
+        }
     };
     match protocol {
         Protocol::Http1 => {
@@ -415,13 +423,24 @@ where
     }
 }
 
+/// What [`sniffed`] found.
+enum Sniffed<I> {
+    /// The protocol, and the I/O giving the bytes read back.
+    Protocol(Protocol, Rewind<I>),
+    /// The client sent no request.
+    Closed,
+    /// The drain closed before a request, and the connection can be handed
+    /// over: the bytes read so far, and the I/O.
+    HandOver(Vec<u8>, I),
+}
+
 /// Tells HTTP/1.x from HTTP/2 (unless HTTP/2 is off), and gives the bytes
-/// read to do so back; `None` when the client sent no request.
+/// read to do so back.
 async fn sniffed<I>(
     mut io: I,
     state: &ConnState,
     options: &HttpOptions,
-) -> Result<Option<(Protocol, Rewind<I>)>, ConnectionError>
+) -> Result<Sniffed<I>, ConnectionError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -435,13 +454,16 @@ where
         .await
         {
             Ok(found) => found,
-            Err(NoRequest::Closed) => return Ok(None),
+            Err(NoRequest::Closed) => return Ok(Sniffed::Closed),
+            Err(NoRequest::HandOver(prefix)) => {
+                return Ok(Sniffed::HandOver(prefix.bytes().to_vec(), io));
+            }
             Err(NoRequest::Io(e)) => return Err(ConnectionError::Io(e)),
         }
     } else {
         (Protocol::Http1, sniff::Prefix::empty())
     };
-    Ok(Some((protocol, Rewind::new(prefix, io))))
+    Ok(Sniffed::Protocol(protocol, Rewind::new(prefix, io)))
 }
 
 async fn serve_http2<I, S, B>(
