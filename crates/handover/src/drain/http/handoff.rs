@@ -104,7 +104,8 @@ impl From<PassError> for HandoffError {
 /// What is handed over: plain TCP connections (not TLS, not Unix sockets)
 /// speaking HTTP/1.1, at a request boundary, when the last request neither
 /// asked to close (`Connection: close`, HTTP/1.0), had a body, nor was
-/// upgraded. A request in progress when the drain begins is finished first
+/// upgraded; and connections that have sent nothing yet (or part of the
+/// HTTP/2 preface) when the drain begins. A request in progress when the drain begins is finished first
 /// (its response is sent without `Connection: close`), then the connection
 /// goes. HTTP/2 connections get the two-step GOAWAY as before (the client
 /// opens one new connection). Any refusal or failure falls back to the

@@ -39,7 +39,7 @@
 //!
 //! **A connection that has sent nothing yet** (accepted just before the
 //! drain, or idle before its first request) follows the HTTP/1.1 grace rule
-//! under both protocols: it is closed once the drain is closed and it stayed
+//! under both protocols (unless it is handed over, below): it is closed once the drain is closed and it stayed
 //! silent for the grace; if its first bytes arrive in time, they are served.
 //!
 //! **Upgraded connections** (`Connection: Upgrade`, a WebSocket, with
