@@ -209,8 +209,12 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             // Under `handover run`, generations meet at the supervisor's path.
             if let Some(path) = std::env::var_os(HANDOFF_SOCKET_ENV) {
-                handoff.listen_at(&path)?;
-                run_options = run_options.handoff_socket(path);
+                match handoff.listen_at(&path) {
+                    Ok(()) => run_options = run_options.handoff_socket(path),
+                    // Serving matters more: connections are then drained
+                    // the usual way.
+                    Err(e) => tracing::warn!(error = %e, "not taking keep-alive connections"),
+                }
             }
             http = http.with_handoff(handoff.clone());
             run_options = run_options.handoff(handoff);

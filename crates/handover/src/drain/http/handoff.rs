@@ -302,9 +302,12 @@ impl Handoff {
         use std::os::unix::fs::PermissionsExt;
         let path = path.as_ref();
         let io = |source| HandoffError::Io { source };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
+        // In the same directory (for the rename), and no longer than the
+        // path itself is likely to be (`sun_path` holds 107 bytes).
+        let tmp = path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(format!(".hovc-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
