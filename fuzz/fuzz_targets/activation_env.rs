@@ -11,13 +11,19 @@ use handover::activation::is_valid_name;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let mut parts = rest.split(|&b| b == 0xFF);
     let mut next = |bit: u8| {
         let v = parts.next().unwrap_or(&[]);
         (flags & bit != 0).then(|| OsStr::from_bytes(v))
     };
-    let vars = EnvVars { pid: next(1), fds: next(2), names: next(4) };
+    let vars = EnvVars {
+        pid: next(1),
+        fds: next(2),
+        names: next(4),
+    };
     let my_pid = u32::from(flags >> 3) + 1;
     match parse_env(vars, my_pid) {
         Ok(names) => assert!(names.iter().all(|n| is_valid_name(n))),

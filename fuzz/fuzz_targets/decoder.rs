@@ -11,8 +11,8 @@
 
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use handover::pass::Meta;
 use handover::__private::wire::{Decoder, Event, Side};
+use handover::pass::Meta;
 use libfuzzer_sys::fuzz_target;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -62,7 +62,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, mut rest)) = data.split_first() else {
         return;
     };
-    let side = if mode & 1 == 0 { Side::Client } else { Side::Server };
+    let side = if mode & 1 == 0 {
+        Side::Client
+    } else {
+        Side::Server
+    };
     let before = LIVE.load(Ordering::SeqCst);
     let mut d: Decoder<Token> = Decoder::new(side);
     let mut events = Vec::new();
@@ -71,7 +75,11 @@ fuzz_target!(|data: &[u8]| {
         let (bytes, tail) = tail.split_at(n);
         rest = tail;
         let want = d.want();
-        let bytes = if want == 0 { bytes } else { &bytes[..n.min(want)] };
+        let bytes = if want == 0 {
+            bytes
+        } else {
+            &bytes[..n.min(want)]
+        };
         match d.feed(bytes, tokens(fds_for(*ctl))) {
             Ok(Some(e)) => events.push(e),
             Ok(None) => {}

@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     for (k, v) in &fields {
         assert!(!k.is_empty() && !k.contains('\n') && !v.contains('\n'));
     }
-    let m = Message { pid: None, uid: None, fields };
+    let m = Message {
+        pid: None,
+        uid: None,
+        fields,
+    };
     let _ = (m.is_ready(), m.status(), m.main_pid());
     let _ = parse_notify_socket(OsStr::from_bytes(data));
 });

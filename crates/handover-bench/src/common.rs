@@ -616,6 +616,16 @@ impl SelfUpgrading {
         kind: ServerKind,
         idle_grace: Duration,
     ) -> Result<SelfUpgrading, String> {
+        SelfUpgrading::start_with(bins, kind, idle_grace, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments for `upgrade_http`.
+    pub fn start_with(
+        bins: &Bins,
+        kind: ServerKind,
+        idle_grace: Duration,
+        extra: &[&str],
+    ) -> Result<SelfUpgrading, String> {
         let dir = tempfile::Builder::new()
             .prefix("handover-bench-")
             .tempdir()
@@ -630,6 +640,7 @@ impl SelfUpgrading {
                 let mut cmd = ServerKind::UpgradeHttp.activated_command(bins, idle_grace);
                 cmd.arg("--pid-file")
                     .arg(&pid_file)
+                    .args(extra)
                     .env("RUST_LOG", "warn")
                     .stderr(bins.stderr("upgrade_http"));
                 let mut fds = Activation::new();

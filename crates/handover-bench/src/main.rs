@@ -6,6 +6,7 @@
 
 mod common;
 mod failures;
+mod keepalive;
 mod latency;
 mod machine;
 mod reexec;
@@ -45,6 +46,8 @@ enum Cmd {
     Spawn(spawn_cost::SpawnArgs),
     /// `handover reexec` against a status request and a reload (figure 8).
     Reexec(reexec::ReexecArgs),
+    /// Keep-alive connections across upgrades: `Connection: close` against hand-over (figure 9).
+    Keepalive(keepalive::KeepaliveArgs),
     /// Describe this machine (CPUs, CPU model, kernel, rustc).
     Machine,
 }
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Supervisor(a) => supervisor::run(&bins, a),
         Cmd::Spawn(a) => spawn_cost::run(&bins, a),
         Cmd::Reexec(a) => reexec::run(&bins, a),
+        Cmd::Keepalive(a) => keepalive::run(&bins, a),
         Cmd::Machine => machine::run(&bins.python),
     };
     match result {

@@ -97,3 +97,45 @@ fn spawn_cost_with_tiny_counts() {
     );
     assert!(!stdout.contains("Errors:"), "{stdout}");
 }
+
+#[test]
+fn keepalive_with_tiny_counts() {
+    let Some(dir) = bin_dir() else {
+        eprintln!(
+            "skipped: no built `handover` binary under target/release or target/debug \
+             (cargo build --release -p handover-cli)"
+        );
+        return;
+    };
+    if !dir.join("examples").join("upgrade_http").is_file() {
+        eprintln!(
+            "skipped: no built upgrade_http example (cargo build --release -p handover --example \
+             upgrade_http)"
+        );
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_handover-bench"))
+        .arg("--bin-dir")
+        .arg(&dir)
+        .args([
+            "keepalive",
+            "--upgrades",
+            "1",
+            "--rounds",
+            "1",
+            "--clients",
+            "4",
+            "--interval",
+            "50ms",
+        ])
+        .output()
+        .expect("running handover-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout.contains("| drain with `Connection: close`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| `--handoff`"), "{stdout}");
+}

@@ -26,7 +26,9 @@
 //! Options: `--listen ADDR` (required; `tcp://`, `unix:` or `HOST:PORT`),
 //! `--pid-file PATH`, `--ready-timeout SECS` (default 60),
 //! `--drain-timeout SECS` (default 30), `--idle-grace-ms MS` (default 2000),
-//! `--tls`, `--tls-cert PATH`, `--tls-key PATH`,
+//! `--tls`, `--tls-cert PATH`, `--tls-key PATH`, `--handoff` (hand idle
+//! HTTP/1.1 keep-alive connections to the new process on an upgrade, so
+//! clients keep their connections; plain TCP only),
 //! `--ballast-mb MB` (default 0: hold that much touched heap, like a server
 //! with a large cache; only the process started by hand does, not its
 //! successors, so that an upgrade's cost is measured in the old process
@@ -65,7 +67,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use handover::address::Address;
-use handover::drain::http::{HttpOptions, serve};
+use handover::drain::http::{HANDOFF_SOCKET_ENV, Handoff, HttpOptions, serve};
 use handover::drain::tls::TlsAcceptor;
 use handover::drain::{Drain, Listener};
 use handover::upgrade::{Options, RunOptions, Upgrader};
@@ -90,6 +92,8 @@ pub struct Args {
     /// PEM certificate chain and key for TLS (`--tls-cert`, `--tls-key`);
     /// without them, a self-signed certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Hand idle keep-alive connections to the successor (`--handoff`).
+    pub handoff: bool,
 }
 
 impl Args {
@@ -101,6 +105,7 @@ impl Args {
         let (mut ready, mut drain, mut grace) = (60.0, 30.0, 2000u64);
         let mut ballast_mb = 0usize;
         let (mut tls, mut tls_cert, mut tls_key) = (false, None, None);
+        let mut handoff = false;
         let num = |v: Option<String>, flag: &str| -> Result<f64, String> {
             v.ok_or(format!("{flag} needs a value"))?
                 .parse::<f64>()
@@ -125,6 +130,7 @@ impl Args {
                     })?;
                 }
                 "--tls" => tls = true,
+                "--handoff" => handoff = true,
                 "--tls-cert" => tls_cert = Some(it.next().ok_or("--tls-cert needs a path")?),
                 "--tls-key" => tls_key = Some(it.next().ok_or("--tls-key needs a path")?),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -144,6 +150,7 @@ impl Args {
                 (None, None) => None,
                 _ => return Err("--tls-cert and --tls-key go together".into()),
             },
+            handoff,
         })
     }
 }
@@ -165,7 +172,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 /// Runs the server until it has handed over or was stopped.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Created first, before any thread: it takes the inherited sockets.
-    let mut options = Options::default().ready_timeout(args.ready_timeout);
+    // TLS connections are not handed over (their session lives in this
+    // process): `--handoff` applies to plain TCP only.
+    let handoff_on = args.handoff && !args.tls;
+    let mut options = Options::default()
+        .ready_timeout(args.ready_timeout)
+        .handoff(handoff_on);
     if let Some(p) = &args.pid_file {
         options = options.pid_file(p);
     }
@@ -188,6 +200,25 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if args.tls {
             http = http.tls(tls_acceptor(args.tls_files.as_ref())?);
         }
+        let mut run_options = RunOptions::default().drain_timeout(args.drain_timeout);
+        if handoff_on {
+            // Keep-alive connections pass from generation to generation.
+            let handoff = Handoff::new();
+            if let Some(session) = upgrader.handoff_from_predecessor() {
+                handoff.take_from(session);
+            }
+            // Under `handover run`, generations meet at the supervisor's path.
+            if let Some(path) = std::env::var_os(HANDOFF_SOCKET_ENV) {
+                match handoff.listen_at(&path) {
+                    Ok(()) => run_options = run_options.handoff_socket(path),
+                    // Serving matters more: connections are then drained
+                    // the usual way.
+                    Err(e) => tracing::warn!(error = %e, "not taking keep-alive connections"),
+                }
+            }
+            http = http.handoff(handoff.clone());
+            run_options = run_options.handoff(handoff);
+        }
         let listener: tokio::net::TcpListener = upgrader.listen("http", &args.listen)?;
         let listener = Listener::new(listener, &drain);
         // Signal handlers before ready(): once the pid file names this
@@ -209,12 +240,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
-        let outcome = signals
-            .run(
-                &drain,
-                RunOptions::default().drain_timeout(args.drain_timeout),
-            )
-            .await?;
+        let outcome = signals.run(&drain, run_options).await?;
         let _ = accepting.await;
         tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");
         Ok::<_, Box<dyn std::error::Error>>(())

@@ -19,8 +19,8 @@
 //! | [`process`] | starting programs without `fork` (`clone(CLONE_VM\|CLONE_VFORK)`): a `Command` builder, typed errors for every failed step |
 //! | [`activation`] | systemd socket activation (`LISTEN_FDS`), receiving and sending |
 //! | [`notify`] | `sd_notify`: telling a supervisor we are ready, and hearing children |
-//! | [`drain`] | listeners that track connections, stop accepting, and wait for them |
 //! | [`pass`] | descriptors with metadata between unrelated processes over a Unix socket |
+//! | [`drain`] | listeners that track connections, stop accepting, and wait for them; HTTP draining hands keep-alive connections to the successor over `pass` |
 //! | [`child`] | one supervised child process: process group, kill signal, kill timeout, splay, `SIGKILL` |
 //! | [`reexec`] | re-executing this process in place (same pid, same children) with named descriptors kept |
 //! | [`upgrade`] | a server that re-executes itself with its sockets, waits until the new one is ready, or rolls back |
@@ -79,6 +79,11 @@ pub mod __private {
     /// The descriptor-passing protocol's sans-IO encoder and decoder.
     pub mod wire {
         pub use crate::pass::wire::*;
+    }
+
+    /// The connection hand-over protocol's sans-IO codec.
+    pub mod connection {
+        pub use crate::pass::connection::codec::*;
     }
 
     /// Renders `sd_notify` states as the protocol's message text.

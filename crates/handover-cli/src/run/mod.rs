@@ -223,6 +223,9 @@ pub async fn run(
         .try_clone_to_owned()
         .map_err(|e| format!("control socket: {e}"))?;
     let _control_file = RemoveOnDrop(config.control.clone());
+    // Bound by the generations that take keep-alive connections (issue 18).
+    let _handoff_file =
+        RemoveOnDrop(process::handoff_socket_path(&notify_path.clone().into_os_string()).into());
     if let Some(p) = &config.pid_file {
         write_pid_file(p)?;
     }

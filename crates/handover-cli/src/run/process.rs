@@ -33,6 +33,18 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// generation is current, or its in-place reload done).
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Where generations meet to hand keep-alive connections over
+/// (`HANDOVER_HANDOFF_SOCKET`, see `handover::drain::http::Handoff::listen_at`):
+/// next to the notify socket, in the supervisor's private socket directory,
+/// named after the supervisor's pid (which a re-exec keeps). The newest
+/// generation that takes connections binds it; handover itself never does.
+pub(super) fn handoff_socket_path(notify_env: &OsString) -> OsString {
+    let notify = std::path::Path::new(notify_env);
+    let dir = notify.parent().unwrap_or(std::path::Path::new("."));
+    dir.join(format!("handoff-{}.sock", std::process::id()))
+        .into_os_string()
+}
+
 /// Starts generation `id` and registers it with the reaper. Returns its pid
 /// and the read end of its stderr pipe (for [`Pumps::start`]).
 pub(super) fn spawn_generation(
@@ -46,6 +58,10 @@ pub(super) fn spawn_generation(
     cmd.args(&config.program[1..])
         .env("NOTIFY_SOCKET", notify_env)
         .env("HANDOVER_GENERATION", id.to_string())
+        .env(
+            handover::drain::http::HANDOFF_SOCKET_ENV,
+            handoff_socket_path(notify_env),
+        )
         .env_remove(handover::reexec::PID_ENV)
         .env_remove(handover::reexec::FDS_ENV)
         .stdin(Stdio::null())

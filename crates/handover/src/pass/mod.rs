@@ -145,6 +145,7 @@ use std::time::Duration;
 use crate::socket::{ConvertError, FdKind, FromFd};
 
 mod client;
+pub mod connection;
 mod server;
 mod stream;
 pub(crate) mod wire;
@@ -560,6 +561,17 @@ pub enum Malformed {
         /// "a new RECORD frame" or "END".
         found: &'static str,
     },
+    /// A part of the connection hand-over protocol
+    /// ([`connection`]) that breaks it.
+    #[error("connection hand-over {part}: expected {expected}, found {found}")]
+    Handoff {
+        /// Which part: "hello", "frame header", "WELCOME", ...
+        part: &'static str,
+        /// What the protocol allows there.
+        expected: String,
+        /// What arrived.
+        found: String,
+    },
     /// A message where another was due.
     #[error("stream: expected {expected}, found {found}")]
     Unexpected {
@@ -643,6 +655,20 @@ pub enum ClosedDuring {
     /// Reset by the peer while receiving.
     #[error("by the peer (connection reset)")]
     Reset,
+    /// Connection hand-over: before the new process's hello (it does not
+    /// take connections).
+    #[error(
+        "before the taker's hello: the new process does not take connections (an older \
+         version, or one that does not hand over)"
+    )]
+    BeforeTakerHello,
+    /// Connection hand-over: before the old process's hello.
+    #[error("before the giver's hello")]
+    BeforeGiverHello,
+    /// Connection hand-over: after the hellos, before `WELCOME` or
+    /// `REFUSE`.
+    #[error("after the hello, before the taker's WELCOME or REFUSE")]
+    BeforeWelcome,
 }
 
 impl PassError {

@@ -107,8 +107,19 @@ use successor::{WaitError, poll_in, resolve_executable, wait_ready};
 /// to the one that started it.
 pub const READY_FD_NAME: &str = "handover.ready";
 
+/// The name of the inherited fd over which a process hands its idle
+/// keep-alive connections to its successor, when
+/// [`Options::handoff`] is on (one end of a Unix socket pair; the protocol
+/// is [`pass::connection`](crate::pass::connection)).
+pub const HANDOFF_FD_NAME: &str = "handover.handoff";
+
 /// The default time a new process has to become ready.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Names of the descriptors the upgrade itself passes.
+fn is_reserved(name: &str) -> bool {
+    name == READY_FD_NAME || name == HANDOFF_FD_NAME
+}
 
 /// A socket or descriptor passed to the successor.
 struct Registered {
@@ -127,6 +138,10 @@ struct State {
     upgrading: Option<Instant>,
     successor: Option<u32>,
     stopped: bool,
+    /// The predecessor's hand-over socket, until taken or `ready()`.
+    handoff_in: Option<OwnedFd>,
+    /// This process's end of the successor's hand-over socket.
+    handoff_out: Option<OwnedFd>,
 }
 
 struct Inner {
@@ -175,6 +190,11 @@ impl Upgrader {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
+        let handoff_in = match inherited.take::<OwnedFd>(HANDOFF_FD_NAME) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
         let cwd = std::env::current_dir().map_err(|source| UpgradeError::Io {
             context: "reading the working directory",
             source,
@@ -207,6 +227,8 @@ impl Upgrader {
                     upgrading: None,
                     successor: None,
                     stopped: false,
+                    handoff_in,
+                    handoff_out: None,
                 }),
                 exit: Arc::new(Event::new()),
             }),
@@ -232,7 +254,7 @@ impl Upgrader {
     /// `tokio::net::TcpListener`, `std::os::unix::net::UnixListener`,
     /// `std::net::UdpSocket`, `OwnedFd`, ...
     pub fn listen<T: FromFd>(&self, name: &str, address: &Address) -> Result<T, UpgradeError> {
-        if !crate::activation::is_valid_name(name) || name == READY_FD_NAME {
+        if !crate::activation::is_valid_name(name) || is_reserved(name) {
             return Err(ActivationError::BadName { name: name.into() }.into());
         }
         let mut st = lock(&self.inner.state);
@@ -314,7 +336,7 @@ impl Upgrader {
     /// pass to the successor under `name`. A duplicate is kept; `fd` stays
     /// yours.
     pub fn add_fd(&self, name: &str, fd: impl AsFd) -> Result<(), UpgradeError> {
-        if !crate::activation::is_valid_name(name) || name == READY_FD_NAME {
+        if !crate::activation::is_valid_name(name) || is_reserved(name) {
             return Err(ActivationError::BadName { name: name.into() }.into());
         }
         let fd = fd
@@ -344,6 +366,26 @@ impl Upgrader {
         }
     }
 
+    /// The socket over which the predecessor hands its idle keep-alive
+    /// connections to this process (when it upgraded with
+    /// [`Options::handoff`] on): give it to
+    /// [`Handoff::take_from`](crate::drain::http::Handoff::take_from)
+    /// before [`ready`](Self::ready), which closes it when nobody took it
+    /// (the predecessor then drains its connections the usual way).
+    pub fn handoff_from_predecessor(&self) -> Option<std::os::unix::net::UnixStream> {
+        lock(&self.inner.state).handoff_in.take().map(Into::into)
+    }
+
+    /// This process's end of the socket over which it hands its idle
+    /// keep-alive connections to the successor started by the last
+    /// [`upgrade`](Self::upgrade) (with [`Options::handoff`] on): give it
+    /// to [`Handoff::give_to`](crate::drain::http::Handoff::give_to)
+    /// before the drain closes ([`Signals::run`] does, with
+    /// [`RunOptions::handoff`]).
+    pub fn handoff_to_successor(&self) -> Option<std::os::unix::net::UnixStream> {
+        lock(&self.inner.state).handoff_out.take().map(Into::into)
+    }
+
     /// This process is serving: closes inherited sockets nobody asked for
     /// (unlinking Unix ones that are not registered again), writes the pid
     /// file, tells the parent (when started by an upgrade) and systemd.
@@ -360,6 +402,8 @@ impl Upgrader {
                 source,
             })?;
         }
+        // Nobody takes connections here: the predecessor reads end-of-file.
+        st.handoff_in = None;
         let unused = std::mem::take(&mut st.inherited).into_remaining();
         for (name, fd) in unused {
             let path = unix_path_of(&fd);
@@ -399,7 +443,7 @@ impl Upgrader {
     /// meanwhile is refused.
     pub fn upgrade(&self) -> Result<u32, UpgradeError> {
         let started = Instant::now();
-        let (activation_fds, ready_r, ready_w) = {
+        let (activation_fds, ready_r, ready_w, handoff_out) = {
             let mut st = lock(&self.inner.state);
             if let Some(pid) = st.successor {
                 return Err(UpgradeError::AlreadyUpgraded { pid });
@@ -420,6 +464,17 @@ impl Upgrader {
                 })?;
                 fds.push((r.name.clone(), dup));
             }
+            let mut handoff_out = None;
+            if self.inner.options.handoff {
+                let (mine, theirs) =
+                    std::os::unix::net::UnixStream::pair().map_err(|source| UpgradeError::Io {
+                        context: "creating the connection hand-over socket pair",
+                        source,
+                    })?;
+                fds.push((HANDOFF_FD_NAME.to_string(), theirs.into()));
+                handoff_out = Some(OwnedFd::from(mine));
+            }
+            st.handoff_out = None;
             let (r, w) =
                 rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
                     UpgradeError::Io {
@@ -428,7 +483,7 @@ impl Upgrader {
                     }
                 })?;
             st.upgrading = Some(started);
-            (fds, r, w)
+            (fds, r, w, handoff_out)
         };
         let result = self.upgrade_inner(activation_fds, ready_r, ready_w);
         let mut st = lock(&self.inner.state);
@@ -436,6 +491,7 @@ impl Upgrader {
         match &result {
             Ok(pid) => {
                 st.successor = Some(*pid);
+                st.handoff_out = handoff_out;
                 drop(st);
                 tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade done: the new process is ready");
                 // One datagram, so that NotifyAccess=main suffices: this

@@ -30,6 +30,7 @@ pub struct Options {
     pub(super) executable: Option<PathBuf>,
     pub(super) bind: BindOptions,
     pub(super) fd_store: bool,
+    pub(super) handoff: bool,
 }
 
 impl Default for Options {
@@ -40,13 +41,15 @@ impl Default for Options {
             executable: None,
             bind: BindOptions::default(),
             fd_store: false,
+            handoff: false,
         }
     }
 }
 
 impl Options {
     /// The defaults: a ready timeout of 60 s, no pid file, the program this
-    /// one was started as, [`BindOptions`]' defaults, no fd store.
+    /// one was started as, [`BindOptions`]' defaults, no fd store, no
+    /// connection hand-over.
     pub fn new() -> Options {
         Options::default()
     }
@@ -99,6 +102,16 @@ impl Options {
     /// Default: off.
     pub fn fd_store(mut self, on: bool) -> Options {
         self.fd_store = on;
+        self
+    }
+
+    /// Pass the successor a socket over which this process hands it its
+    /// idle HTTP/1.1 keep-alive connections when it drains
+    /// ([`HANDOFF_FD_NAME`](super::HANDOFF_FD_NAME); see
+    /// [`Handoff`](crate::drain::http::Handoff)), so clients keep their
+    /// connections across upgrades. Default: off.
+    pub fn handoff(mut self, on: bool) -> Options {
+        self.handoff = on;
         self
     }
 }

@@ -30,12 +30,20 @@ pub struct RunOutcome {
 #[non_exhaustive]
 pub struct RunOptions {
     drain_timeout: Duration,
+    #[cfg(feature = "hyper")]
+    handoff: Option<crate::drain::http::Handoff>,
+    #[cfg(feature = "hyper")]
+    handoff_socket: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             drain_timeout: Duration::from_secs(30),
+            #[cfg(feature = "hyper")]
+            handoff: None,
+            #[cfg(feature = "hyper")]
+            handoff_socket: None,
         }
     }
 }
@@ -49,6 +57,30 @@ impl RunOptions {
     /// How long to wait for open connections when exiting (default 30 s).
     pub fn drain_timeout(mut self, t: Duration) -> Self {
         self.drain_timeout = t;
+        self
+    }
+
+    /// When a successor is ready, hand it this process's idle keep-alive
+    /// connections before draining (feature `hyper`; needs
+    /// [`Options::handoff`](super::Options::handoff) and the same
+    /// [`Handoff`](crate::drain::http::Handoff) in the
+    /// [`HttpOptions`](crate::drain::http::HttpOptions) of the server).
+    /// Default: none.
+    #[cfg(feature = "hyper")]
+    pub fn handoff(mut self, handoff: crate::drain::http::Handoff) -> Self {
+        self.handoff = Some(handoff);
+        self
+    }
+
+    /// Under `handover run`: the path where generations meet to hand
+    /// connections over (what the supervisor gives in
+    /// [`HANDOFF_SOCKET_ENV`](crate::drain::http::HANDOFF_SOCKET_ENV)); on
+    /// SIGTERM, the [`handoff`](RunOptions::handoff) gives this process's
+    /// connections to the generation that owns it (feature `hyper`).
+    /// Default: none.
+    #[cfg(feature = "hyper")]
+    pub fn handoff_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.handoff_socket = Some(path.into());
         self
     }
 }
@@ -93,6 +125,29 @@ impl Signals {
         tracing::info!(?exit, timeout = ?options.drain_timeout, "draining");
         if exit == Exit::Terminated {
             let _ = up.inner.notifier.notify(&[NotifyState::Stopping]);
+        }
+        #[cfg(feature = "hyper")]
+        if let Some(handoff) = &options.handoff {
+            use crate::drain::http::HANDOFF_TIMEOUT;
+            let given = match (exit, up.handoff_to_successor(), &options.handoff_socket) {
+                (Exit::Upgraded, Some(session), _) => {
+                    Some(handoff.give_to(session, HANDOFF_TIMEOUT).await)
+                }
+                // A generation of `handover run`, told to stop.
+                (Exit::Terminated, _, Some(path)) => {
+                    Some(handoff.give_at(path, HANDOFF_TIMEOUT).await)
+                }
+                _ => None,
+            };
+            match given {
+                Some(Ok(())) => {
+                    tracing::info!("handing idle keep-alive connections to the new process")
+                }
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "keep-alive connections are not handed over")
+                }
+                None => {}
+            }
         }
         drain.close();
         let drained = tokio::select! {

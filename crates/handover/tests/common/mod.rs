@@ -463,12 +463,24 @@ impl Server {
     /// One upgrade that must succeed: returns the new pid after the old
     /// process has exited and been reaped.
     pub fn upgrade(&mut self, load: &Load) -> u32 {
+        self.upgrade_seen(
+            || load.pids_seen(),
+            |seen, timeout| load.wait_for_new_pid(seen, timeout),
+        )
+    }
+
+    /// [`upgrade`](Self::upgrade) with any load: `pids_seen` says which pids
+    /// answered so far, `wait_for_new_pid` waits for one not in the set.
+    pub fn upgrade_seen(
+        &mut self,
+        pids_seen: impl Fn() -> BTreeSet<u32>,
+        wait_for_new_pid: impl Fn(&BTreeSet<u32>, Duration) -> Option<u32>,
+    ) -> u32 {
         let old = self.current().unwrap();
-        let mut seen: BTreeSet<u32> = load.pids_seen();
+        let mut seen: BTreeSet<u32> = pids_seen();
         seen.insert(old);
         self.hup();
-        let new = load
-            .wait_for_new_pid(&seen, Duration::from_secs(30))
+        let new = wait_for_new_pid(&seen, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("no new pid answered; stderr:\n{}", self.log()));
         assert_ne!(new, old);
         self.remember(new);

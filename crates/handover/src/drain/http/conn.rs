@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -54,10 +54,27 @@ pub(super) struct ConnState {
     /// HTTP/2: streams the client opened (HEADERS frames on new stream
     /// ids, counted as they are read).
     pub(super) streams: AtomicU64,
+    /// Set when this connection may be handed to a successor (a plain TCP
+    /// connection served with a [`Handoff`](super::Handoff)).
+    pub(super) handoff: Option<super::Handoff>,
+    /// Set when handing this connection over is no longer possible.
+    handoff_stopped: AtomicBool,
+    /// Whether the last request leaves the connection at a boundary where it
+    /// can be handed over (not `Connection: close`, no body, no upgrade).
+    last_clean: AtomicBool,
+    /// Woken when a request ends while draining.
+    pub(super) idle: tokio::sync::Notify,
+    /// Makes [`Activity`]'s `poll_shutdown` do nothing: the connection is
+    /// being handed over, and a shutdown would end it for both processes.
+    pub(super) no_shutdown: AtomicBool,
 }
 
 impl ConnState {
     pub(super) fn new(drain: &Drain) -> Arc<ConnState> {
+        ConnState::with_handoff(drain, None)
+    }
+
+    pub(super) fn with_handoff(drain: &Drain, handoff: Option<super::Handoff>) -> Arc<ConnState> {
         Arc::new(ConnState {
             drain: drain.clone(),
             base: Instant::now(),
@@ -65,7 +82,24 @@ impl ConnState {
             busy: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             streams: AtomicU64::new(0),
+            handoff,
+            handoff_stopped: AtomicBool::new(false),
+            last_clean: AtomicBool::new(true),
+            idle: tokio::sync::Notify::new(),
+            no_shutdown: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this connection can still be handed to a successor.
+    pub(super) fn handoff_possible(&self) -> bool {
+        self.handoff.as_ref().is_some_and(|h| h.is_giving())
+            && !self.handoff_stopped.load(Relaxed)
+            && self.last_clean.load(Relaxed)
+    }
+
+    /// From now on, this connection is drained the usual way.
+    pub(super) fn stop_handoff(&self) {
+        self.handoff_stopped.store(true, Relaxed);
     }
 
     pub(super) fn touch(&self) {
@@ -97,8 +131,7 @@ impl<I> Activity<I> {
         Activity { io, state }
     }
 
-    /// The wrapped I/O (for a later hand-over of the connection).
-    #[allow(dead_code)]
+    /// The wrapped I/O (for a hand-over of the connection).
     pub(super) fn into_inner(self) -> I {
         self.io
     }
@@ -165,7 +198,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
 
     #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.state.no_shutdown.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -203,6 +240,28 @@ impl<S> DrainService<S> {
             proto,
         }
     }
+
+    /// The user's service.
+    pub(super) fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Whether a connection can be handed over after answering `req`: HTTP/1.1
+/// keeping the connection alive, no body (which might not have been read to
+/// its end), no upgrade.
+fn leaves_clean_boundary(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    req.version() == hyper::Version::HTTP_11
+        && req.body().is_end_stream()
+        && req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_none()
+        && !req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        })
 }
 
 impl<S, B> Service<Request<Incoming>> for DrainService<S>
@@ -216,6 +275,11 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.state.busy.fetch_add(1, Relaxed);
         self.state.requests.fetch_add(1, Relaxed);
+        if self.state.handoff.is_some() {
+            self.state
+                .last_clean
+                .store(leaves_clean_boundary(&req), Relaxed);
+        }
         // hyper puts `OnUpgrade` only in requests it can upgrade (an
         // `Upgrade` header, or CONNECT): cheaper than a header lookup.
         if self.proto == Proto::Http1Upgrades
@@ -243,6 +307,9 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.touch_if_draining();
         self.0.busy.fetch_sub(1, Relaxed);
+        if self.0.handoff.is_some() && self.0.drain.is_closed() {
+            self.0.idle.notify_one();
+        }
     }
 }
 
@@ -270,7 +337,21 @@ where
             // A `101 Switching Protocols` keeps its `Connection: Upgrade`:
             // the upgraded connection stays tracked, and its handler learns
             // of the drain from the `Drain` in the request's extensions.
-            if busy.0.drain.is_closed() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let state = &busy.0;
+            if state.handoff.is_some()
+                && response.headers().get_all(CONNECTION).iter().any(|v| {
+                    v.to_str()
+                        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                })
+            {
+                state.last_clean.store(false, Relaxed);
+            }
+            // A connection about to be handed to a successor stays open.
+            if state.drain.is_closed()
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                && !state.handoff_possible()
+            {
+                state.stop_handoff();
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -339,7 +420,10 @@ where
 /// the drain's notification at each of the connection's wake-ups: it is
 /// polled when the waker changes, and otherwise only once the drain's
 /// closed flag (one atomic load) is set.
-async fn until_closed<C: Future + Unpin>(conn: &mut C, drain: &Drain) -> Option<C::Output> {
+pub(super) async fn until_closed<C: Future + Unpin>(
+    conn: &mut C,
+    drain: &Drain,
+) -> Option<C::Output> {
     let mut closed = std::pin::pin!(drain.closed());
     let mut waker: Option<std::task::Waker> = None;
     std::future::poll_fn(|cx| {

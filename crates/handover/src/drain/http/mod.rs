@@ -39,7 +39,7 @@
 //!
 //! **A connection that has sent nothing yet** (accepted just before the
 //! drain, or idle before its first request) follows the HTTP/1.1 grace rule
-//! under both protocols: it is closed once the drain is closed and it stayed
+//! under both protocols (unless it is handed over, below): it is closed once the drain is closed and it stayed
 //! silent for the grace; if its first bytes arrive in time, they are served.
 //!
 //! **Upgraded connections** (`Connection: Upgrade`, a WebSocket, with
@@ -51,6 +51,17 @@
 //! `Extension<Drain>`): it can `drain.closed().await` and say goodbye (a
 //! WebSocket close frame) so the client reconnects to the successor. The
 //! drain deadline ends the connections that are still open.
+//!
+//! **Hand-over** ([`Handoff`], in [`HttpOptions::handoff`]): instead of
+//! ending its HTTP/1.1 keep-alive connections, a draining [`serve`] hands
+//! each one, at a request boundary and with the bytes it had read and not
+//! answered, to the new process, which serves it on; clients keep their
+//! connections across upgrades. A refusal or any failure falls back to the
+//! rules above. Plain TCP and HTTP/1.1 only: HTTP/2 connections get the
+//! GOAWAY (one reconnect per client, since HTTP/2 multiplexes; handing one
+//! over would need its HPACK tables and stream states, which `h2` keeps to
+//! itself), and TLS sessions live in the process (kernel TLS, with the
+//! secrets rustls can export, would be the way; see the README).
 //!
 //! **Whole servers**: [`serve`] accepts on a drained [`Listener`] and serves
 //! every connection with [`serve_connection_auto`] until the drain is
@@ -105,12 +116,15 @@ use super::{Drain, Listener, is_closed_error};
 
 mod conn;
 mod goaway;
+mod handoff;
 mod sniff;
 #[cfg(feature = "tower")]
 mod tower;
 
 #[cfg(feature = "tower")]
 pub use self::tower::{TowerService, tower};
+
+pub use handoff::{HANDOFF_SOCKET_ENV, HANDOFF_TIMEOUT, Handoff, HandoffError};
 
 use conn::{Activity, ConnState, DrainService, Proto, drive_http1, drive_http2};
 use sniff::{NoRequest, Protocol, Rewind, sniff};
@@ -133,6 +147,7 @@ pub struct HttpOptions {
     tcp_nodelay: bool,
     #[cfg(feature = "tls")]
     tls: Option<super::tls::TlsAcceptor>,
+    handoff: Option<Handoff>,
 }
 
 impl Default for HttpOptions {
@@ -145,6 +160,7 @@ impl Default for HttpOptions {
             tcp_nodelay: true,
             #[cfg(feature = "tls")]
             tls: None,
+            handoff: None,
         }
     }
 }
@@ -201,6 +217,17 @@ impl HttpOptions {
     /// HTTP servers usually do (responses are written whole). Default: true.
     pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
         self.tcp_nodelay = nodelay;
+        self
+    }
+
+    /// Hands idle HTTP/1.1 keep-alive connections to a successor when
+    /// draining, and serves those a predecessor hands over (plain TCP only:
+    /// ignored by [`serve`] with TLS; see [`Handoff`]). The first [`serve`]
+    /// with a given `Handoff` serves the connections it takes: use one
+    /// `Handoff` per listener. Default: none (every keep-alive connection
+    /// is ended with `Connection: close` when draining).
+    pub fn handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = Some(handoff);
         self
     }
 
@@ -314,7 +341,7 @@ where
 /// [`serve_connection_auto`] on an I/O already wrapped in [`Activity`] for
 /// `state` (below TLS, when there is TLS).
 async fn serve_activity<I, S, B>(
-    mut io: I,
+    io: I,
     service: S,
     state: std::sync::Arc<ConnState>,
     options: &HttpOptions,
@@ -328,23 +355,11 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let (protocol, prefix) = if options.http2 {
-        match sniff(
-            &mut io,
-            &state,
-            options.idle_grace,
-            options.header_read_timeout,
-        )
-        .await
-        {
-            Ok(found) => found,
-            Err(NoRequest::Closed) => return Ok(()),
-            Err(NoRequest::Io(e)) => return Err(ConnectionError::Io(e)),
-        }
-    } else {
-        (Protocol::Http1, sniff::Prefix::empty())
+    let (protocol, io) = match sniffed(io, &state, options).await? {
+        Sniffed::Protocol(protocol, io) => (protocol, io),
+        // No hand-over without a `Handoff`.
+        Sniffed::Closed | Sniffed::HandOver(..) => return Ok(()),
     };
-    let io = Rewind::new(prefix, io);
     match protocol {
         Protocol::Http1 => {
             let io = TokioIo::new(io);
@@ -356,21 +371,121 @@ where
                 .await
                 .map_err(ConnectionError::Http)
         }
+        Protocol::Http2 => serve_http2(io, service, state, options).await,
+    }
+}
+
+/// [`serve_activity`] for a connection that may be handed over.
+async fn serve_handoff_io<S, B>(
+    io: handoff::HandoffIo,
+    service: S,
+    state: std::sync::Arc<ConnState>,
+    options: &HttpOptions,
+) -> Result<(), ConnectionError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (protocol, io) = match sniffed(io, &state, options).await? {
+        Sniffed::Protocol(protocol, io) => (protocol, io),
+        Sniffed::Closed => return Ok(()),
+        // Nothing asked yet when the drain began: handed over as it is.
+        Sniffed::HandOver(prefix, io) => {
+            let state_byte = crate::pass::connection::STATE_UNIDENTIFIED;
+            return handoff::give_or_serve(io, prefix, state_byte, service, &state, options).await;
+        }
+    };
+    match protocol {
+        Protocol::Http1 => {
+            let io = TokioIo::new(io);
+            let service = DrainService::new(service, state.clone(), Proto::Http1Upgrades);
+            let conn = http1_builder(options)
+                .serve_connection(io, service)
+                .with_upgrades();
+            handoff::drive_http1_handoff(conn, state, options).await
+        }
         Protocol::Http2 => {
-            let io = TokioIo::new(goaway::HoldPingAck::new(
-                io,
-                state.clone(),
-                options.http2_goaway_delay,
-            ));
-            let service = DrainService::new(service, state.clone(), Proto::Http2);
-            let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
-            let conn = Box::pin(builder.serve_connection(io, service));
-            drive_http2(conn, &state)
-                .await
-                .map_err(ConnectionError::Http)
+            // HTTP/2 connections are not handed over: the two-step GOAWAY.
+            state.stop_handoff();
+            serve_http2(io, service, state, options).await
         }
     }
+}
+
+/// What [`sniffed`] found.
+enum Sniffed<I> {
+    /// The protocol, and the I/O giving the bytes read back.
+    Protocol(Protocol, Rewind<I>),
+    /// The client sent no request.
+    Closed,
+    /// The drain closed before a request, and the connection can be handed
+    /// over: the bytes read so far, and the I/O.
+    HandOver(Vec<u8>, I),
+}
+
+/// Tells HTTP/1.x from HTTP/2 (unless HTTP/2 is off), and gives the bytes
+/// read to do so back.
+async fn sniffed<I>(
+    mut io: I,
+    state: &ConnState,
+    options: &HttpOptions,
+) -> Result<Sniffed<I>, ConnectionError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (protocol, prefix) = if options.http2 {
+        match sniff(
+            &mut io,
+            state,
+            options.idle_grace,
+            options.header_read_timeout,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(NoRequest::Closed) => return Ok(Sniffed::Closed),
+            Err(NoRequest::HandOver(prefix)) => {
+                return Ok(Sniffed::HandOver(prefix.bytes().to_vec(), io));
+            }
+            Err(NoRequest::Io(e)) => return Err(ConnectionError::Io(e)),
+        }
+    } else {
+        (Protocol::Http1, sniff::Prefix::empty())
+    };
+    Ok(Sniffed::Protocol(protocol, Rewind::new(prefix, io)))
+}
+
+async fn serve_http2<I, S, B>(
+    io: Rewind<I>,
+    service: S,
+    state: std::sync::Arc<ConnState>,
+    options: &HttpOptions,
+) -> Result<(), ConnectionError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let io = TokioIo::new(goaway::HoldPingAck::new(
+        io,
+        state.clone(),
+        options.http2_goaway_delay,
+    ));
+    let service = DrainService::new(service, state.clone(), Proto::Http2);
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let conn = Box::pin(builder.serve_connection(io, service));
+    drive_http2(conn, &state)
+        .await
+        .map_err(ConnectionError::Http)
 }
 
 fn http1_builder(options: &HttpOptions) -> http1::Builder {
@@ -414,6 +529,37 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    #[cfg(feature = "tls")]
+    let plain = options.tls.is_none();
+    #[cfg(not(feature = "tls"))]
+    let plain = true;
+    let handoff = options.handoff.clone().filter(|_| plain);
+    if let (Some(h), false) = (&options.handoff, plain) {
+        // Answered at once, so the old process drains without waiting.
+        let refuse = Some("TLS connections are not handed over");
+        handoff::spawn_taker(h, listener.drain().clone(), refuse, |_, _| async {});
+    }
+    if let Some(h) = &handoff {
+        // Connections from a predecessor, served like accepted ones.
+        let (service, drain, options) =
+            (service.clone(), listener.drain().clone(), options.clone());
+        let h2 = h.clone();
+        handoff::spawn_taker(
+            h,
+            listener.drain().clone(),
+            None,
+            move |stream, buffered| {
+                let fut = handoff::serve_tcp(
+                    drain.track(stream),
+                    buffered,
+                    service.clone(),
+                    Some(h2.clone()),
+                    options.clone(),
+                );
+                async move { log_connection_error(fut.await) }
+            },
+        );
+    }
     loop {
         let io = match L::accept_http(listener, options.tcp_nodelay).await {
             Ok(io) => io,
@@ -429,6 +575,23 @@ where
             },
         };
         let service = service.clone();
+        let io = match &handoff {
+            Some(h) => match tcp_stream(io) {
+                Ok(tcp) => {
+                    let fut = handoff::serve_tcp(
+                        tcp,
+                        Vec::new(),
+                        service,
+                        Some(h.clone()),
+                        options.clone(),
+                    );
+                    tokio::spawn(async move { log_connection_error(fut.await) });
+                    continue;
+                }
+                Err(io) => io,
+            },
+            None => io,
+        };
         let state = ConnState::new(listener.drain());
         let options = options.clone();
         tokio::spawn(async move {
@@ -445,6 +608,16 @@ where
             }
             log_connection_error(serve_activity(io, service, state, &options).await);
         });
+    }
+}
+
+/// The TCP stream of an accepted connection, or the connection as it was.
+fn tcp_stream<T: 'static>(io: T) -> Result<super::Tracked<tokio::net::TcpStream>, T> {
+    let any: Box<dyn std::any::Any> = Box::new(io);
+    match any.downcast::<super::Tracked<tokio::net::TcpStream>>() {
+        Ok(tracked) => Ok(*tracked),
+        // `T` is what went in.
+        Err(any) => Err(*any.downcast::<T>().expect("the same type")),
     }
 }
 

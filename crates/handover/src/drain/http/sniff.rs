@@ -29,6 +29,11 @@ pub(super) struct Prefix {
 }
 
 impl Prefix {
+    /// The bytes not read again yet.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf[usize::from(self.start)..usize::from(self.end)]
+    }
+
     pub(super) fn empty() -> Prefix {
         Prefix {
             buf: [0; PREFACE.len()],
@@ -40,6 +45,10 @@ impl Prefix {
 
 /// Why no protocol was found.
 pub(super) enum NoRequest {
+    /// The drain closed before the client sent a request, and the
+    /// connection can be handed to a successor: what was read so far (none,
+    /// or the first bytes of the HTTP/2 preface).
+    HandOver(Prefix),
     /// The client closed (or reset) before sending a byte; or it sent
     /// nothing within the grace once draining, or within the header read
     /// timeout. Nothing to answer.
@@ -68,6 +77,9 @@ pub(super) async fn sniff<I: AsyncRead + Unpin>(
     let mut draining = state.drain.is_closed();
     let mut grace_ends = draining.then(|| Instant::now() + grace);
     loop {
+        if draining && state.handoff_possible() {
+            return Err(NoRequest::HandOver(prefix));
+        }
         let end = usize::from(prefix.end);
         let deadline = match (timeout_at, grace_ends.filter(|_| end == 0)) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -286,6 +298,7 @@ mod tests {
                     }
                     Err(NoRequest::Closed) => None,
                     Err(NoRequest::Io(e)) => panic!("{e}"),
+                    Err(NoRequest::HandOver(_)) => unreachable!("no hand-over without a Handoff"),
                 }
             });
             let is_prefix_of_preface = input.len() < PREFACE.len() && PREFACE.starts_with(&input);
