@@ -39,7 +39,7 @@ pub enum Side {
     Taker,
 }
 
-/// One message of the protocol (see the [module docs](self)); `F` is the
+/// One message of the protocol (see the [protocol docs](crate::pass::connection)); `F` is the
 /// descriptor type (normally [`OwnedFd`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
