@@ -242,7 +242,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(pid = std::process::id(), address = %args.listen, "serving");
         let outcome = signals.run(&drain, run_options).await?;
         let _ = accepting.await;
-        tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");
+        tracing::info!(reason = ?outcome.reason, drained = outcome.drained.is_ok(), "exiting");
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     // Connections cut short by the drain timeout are dropped here.

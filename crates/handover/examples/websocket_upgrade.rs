@@ -343,7 +343,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
         let _ = serving.await;
-        tracing::info!(exit = ?outcome.exit, drained = outcome.drained.is_ok(), "exiting");
+        tracing::info!(reason = ?outcome.reason, drained = outcome.drained.is_ok(), "exiting");
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     rt.shutdown_timeout(Duration::from_millis(100));

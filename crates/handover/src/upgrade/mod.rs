@@ -83,7 +83,7 @@ pub use error::UpgradeError;
 pub use exit::ExitSignal;
 pub use options::Options;
 #[cfg(feature = "tokio")]
-pub use run::{Exit, RunOptions, RunOutcome, Signals};
+pub use run::{RunOptions, RunOutcome, Signals, StopReason};
 
 use std::ffi::OsString;
 use std::io::{self, Write};

@@ -5,10 +5,11 @@ use std::time::Duration;
 use super::{UpgradeError, Upgrader, lock};
 use crate::notify::State as NotifyState;
 
-/// Why [`Upgrader::run`] returned.
+/// Why [`Upgrader::run`] returned. (Not to be confused with
+/// [`child::Exit`](crate::child::Exit), how a child process ended.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Exit {
+pub enum StopReason {
     /// A successor is serving; this process drained.
     Upgraded,
     /// SIGTERM or SIGINT: this process drained for a final stop.
@@ -19,7 +20,7 @@ pub enum Exit {
 #[derive(Debug)]
 pub struct RunOutcome {
     /// Why it stopped.
-    pub exit: Exit,
+    pub reason: StopReason,
     /// `Ok` when every connection finished; else how many were cut short
     /// (the drain timeout passed, or a second SIGTERM/SIGINT came).
     pub drained: Result<(), crate::drain::StillOpen>,
@@ -117,24 +118,24 @@ impl Signals {
             tokio::select! {
                 _ = self.hup.recv() => up.spawn_upgrade("SIGHUP"),
                 _ = self.usr2.recv() => up.spawn_upgrade("SIGUSR2"),
-                _ = &mut exit_signal => break Exit::Upgraded,
-                _ = self.term.recv() => break Exit::Terminated,
-                _ = self.int.recv() => break Exit::Terminated,
+                _ = &mut exit_signal => break StopReason::Upgraded,
+                _ = self.term.recv() => break StopReason::Terminated,
+                _ = self.int.recv() => break StopReason::Terminated,
             }
         };
         tracing::info!(?exit, timeout = ?options.drain_timeout, "draining");
-        if exit == Exit::Terminated {
+        if exit == StopReason::Terminated {
             let _ = up.inner.notifier.notify(&[NotifyState::Stopping]);
         }
         #[cfg(feature = "hyper")]
         if let Some(handoff) = &options.handoff {
             use crate::drain::http::HANDOFF_TIMEOUT;
             let given = match (exit, up.handoff_to_successor(), &options.handoff_socket) {
-                (Exit::Upgraded, Some(session), _) => {
+                (StopReason::Upgraded, Some(session), _) => {
                     Some(handoff.give_to(session, HANDOFF_TIMEOUT).await)
                 }
                 // A generation of `handover run`, told to stop.
-                (Exit::Terminated, _, Some(path)) => {
+                (StopReason::Terminated, _, Some(path)) => {
                     Some(handoff.give_at(path, HANDOFF_TIMEOUT).await)
                 }
                 _ => None,
@@ -159,10 +160,13 @@ impl Signals {
             Ok(()) => tracing::info!("drained: every connection finished"),
             Err(e) => tracing::warn!(error = %e, "exiting with connections still open"),
         }
-        if exit == Exit::Terminated {
+        if exit == StopReason::Terminated {
             up.stop();
         }
-        Ok(RunOutcome { exit, drained })
+        Ok(RunOutcome {
+            reason: exit,
+            drained,
+        })
     }
 }
 
