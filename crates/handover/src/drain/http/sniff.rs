@@ -148,8 +148,7 @@ impl<I> Rewind<I> {
     }
 
     /// The bytes not read again yet (none once hyper has started reading),
-    /// and the inner I/O: for a later hand-over of the connection.
-    #[allow(dead_code)]
+    /// and the inner I/O: for a hand-over of the connection.
     pub(super) fn into_parts(self) -> (Vec<u8>, I) {
         let Prefix { buf, start, end } = self.prefix;
         (
